@@ -1,0 +1,1 @@
+//! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.

@@ -1,0 +1,1 @@
+//! archive (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! backup (placeholder until its issue lands).

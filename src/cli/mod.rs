@@ -1,0 +1,91 @@
+//! Command-line front end: parses arguments with clap, sets up logging, runs one verb.
+//!
+//! Every verb accepts `--json` (global, before or after the verb); with it the verb prints
+//! exactly one JSON value on stdout. On failure the exit status is non-zero and a one-line
+//! error goes to stderr (with `--json`, `{"error": "..."}` also goes to stdout).
+//! The pair verbs are clients of the daemon's control socket (`api`); `archive` works on files.
+
+pub mod archive;
+pub mod output;
+pub mod pair;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Default control socket when neither `--socket` nor `$QSPLIT_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/run/qsplit/qsplit.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "qsplit", version, about = "Split-mirror backups for running QEMU VMs")]
+pub struct Cli {
+    /// Print exactly one JSON value on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "QSPLIT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// More logging on stderr (-v info, -vv debug: every QMP command and reply, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon that owns the QMP connections and the pairs.
+    Daemon(pair::DaemonArgs),
+    /// Attach, detach and list VMs.
+    #[command(subcommand)]
+    Vm(pair::VmCmd),
+    /// Create, split, resync, wait for and delete mirror pairs.
+    #[command(subcommand)]
+    Pair(pair::PairCmd),
+    /// The daemon's notifications, one JSON line each.
+    Events(pair::EventsArgs),
+    /// Write, list, verify and restore tape-emulating archives (works on files, no daemon).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCmd),
+    /// Run a whole backup cycle for a VM: split, archive, resync.
+    Backup(pair::BackupArgs),
+}
+
+/// Entry point used by `main`; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let json = cli.json;
+    let res = match cli.cmd {
+        Command::Archive(cmd) => archive::run(cmd, json),
+        Command::Daemon(a) => pair::run_daemon(a, &cli.socket),
+        Command::Vm(c) => pair::run_vm(c, &cli.socket, json),
+        Command::Pair(c) => pair::run_pair(c, &cli.socket, json),
+        Command::Events(a) => pair::run_events(a, &cli.socket, json),
+        Command::Backup(a) => pair::run_backup(a, &cli.socket, json),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            output::print_error(&e, json);
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match (verbose, std::env::var("QSPLIT_LOG").ok().as_deref()) {
+        (0, Some("error")) => tracing::Level::ERROR,
+        (0, Some("info")) => tracing::Level::INFO,
+        (0, Some("debug")) => tracing::Level::DEBUG,
+        (0, Some("trace")) => tracing::Level::TRACE,
+        (0, _) => tracing::Level::WARN,
+        (1, _) => tracing::Level::INFO,
+        (2, _) => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,1 @@
+//! extent (placeholder until its issue lands).

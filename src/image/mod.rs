@@ -1,0 +1,1 @@
+//! image (placeholder until its issue lands).

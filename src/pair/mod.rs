@@ -1,0 +1,1 @@
+//! pair (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! qmp (placeholder until its issue lands).

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what qsplit's build, tests and demo need on a bare Debian bookworm machine:
+# qemu-system-x86 10.0 and qemu-guest-agent from bookworm-backports (beside the machine's
+# qemu-utils 10.0, which a plain `apt-get install qemu-system-x86` from bookworm would remove),
+# plus the small tools the tests call (simh's mtdump, e2fsprogs, cpio).
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+qemu_ok() {
+  command -v qemu-system-x86_64 >/dev/null 2>&1 &&
+    qemu-system-x86_64 --version | head -1 | grep -Eq 'version (9\.[1-9]|[1-9][0-9]\.)'
+}
+qemu_ok || need+=(qemu-system-x86 qemu-guest-agent)
+[ -x /usr/bin/qemu-ga ] || need+=(qemu-guest-agent)
+command -v mtdump >/dev/null 2>&1 || need+=(simh)
+command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install: everything present ($(qemu-system-x86_64 --version | head -1))"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+src=/etc/apt/sources.list.d/debian.sources
+bp=/etc/apt/sources.list.d/qsplit-backports.sources
+if [ ! -f "$bp" ] && [ -f "$src" ]; then
+  # Reuse the first stanza's mirror and key so no host name is written here.
+  uris=$(awk '/^URIs:/{print; exit}' "$src")
+  signed=$(awk '/^Signed-By:/{print; exit}' "$src")
+  printf 'Types: deb\n%s\nSuites: bookworm-backports\nComponents: main\n%s\n' "$uris" "$signed" |
+    $SUDO tee "$bp" >/dev/null
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# qemu packages from backports (keeps qemu-utils at the same version); the rest from bookworm.
+$SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+  qemu-system-x86 qemu-guest-agent qemu-utils
+$SUDO apt-get install -y -qq --no-install-recommends simh e2fsprogs cpio
+qemu-system-x86_64 --version | head -1
+qemu-img --version | head -1

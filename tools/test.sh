@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test qsplit has: unit and property tests, archive tests (qemu-img, mtdump) and
+# the qemu-tests against a real qemu-system-x86_64. Installs what is missing first (QEMU from
+# bookworm-backports, simh, e2fsprogs), so it works on a bare machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./tools/install.sh
+if [ -x images/build-guest.sh ]; then ./images/build-guest.sh; fi
+cargo build --all-targets
+# Tests that start QEMU are limited in parallelism: the machine has 2 cores and TCG is slow.
+cargo test --all-targets -- --test-threads="${QSPLIT_TEST_THREADS:-2}"
