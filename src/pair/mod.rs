@@ -1,1 +1,8 @@
-//! pair (placeholder until its issue lands).
+//! Pairs: a VM's disk (primary) and its mirror image (secondary).
+//!
+//! `state` is the pure life cycle (state + input -> next state + effects, or a refusal naming
+//! the current state); the daemon's driver carries out the effects against QEMU.
+
+pub mod state;
+
+pub use state::{Effect, Input, Refusal, State, Step};
