@@ -1,1 +1,4 @@
-//! backup (placeholder until its issue lands).
+//! The whole backup cycle (split, offline archive, resync) and its schedule (issue 4).
+
+pub mod cycle;
+pub mod schedule;

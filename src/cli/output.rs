@@ -16,3 +16,11 @@ pub fn print_error(e: &anyhow::Error, json: bool) {
     }
     eprintln!("qsplit: error: {line}");
 }
+
+/// Prints an error the daemon returned.
+pub fn print_error_value(e: &crate::api::ApiError, json: bool) {
+    if json {
+        print_json(&serde_json::json!({ "error": e.message, "kind": e.kind }));
+    }
+    eprintln!("qsplit: error: {}", e.message.replace('\n', " "));
+}

@@ -1,7 +1,12 @@
 //! `qsplit daemon | vm | pair | events | backup`: arguments, and the client side of the
 //! control socket for every verb that talks to the daemon.
 
+use super::output::{print_json, print_error_value};
+use crate::api::{socket, Request};
+use crate::pair::State;
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -38,6 +43,9 @@ pub enum PairCmd {
         drive: String,
         #[arg(long)]
         target: PathBuf,
+        /// Test aid: the secondary's protocol node as QMP JSON (e.g. a blkdebug wrapper).
+        #[arg(long, hide = true)]
+        debug_target_file: Option<String>,
     },
     /// Show pairs (all, or those of one VM).
     Status { name: Option<String> },
@@ -88,18 +96,178 @@ pub struct BackupArgs {
     pub no_freeze: bool,
 }
 
-pub fn run_daemon(_a: DaemonArgs, _socket: &Path) -> anyhow::Result<i32> {
-    anyhow::bail!("qsplit daemon: not built yet (issue 2)")
+pub fn run_daemon(a: DaemonArgs, socket: &Path) -> anyhow::Result<i32> {
+    crate::daemon::run(&a.state_dir, socket, a.config.as_deref())?;
+    Ok(0)
 }
-pub fn run_vm(_c: VmCmd, _socket: &Path, _json: bool) -> anyhow::Result<i32> {
-    anyhow::bail!("qsplit vm: not built yet (issue 2)")
+
+/// Sends a request; prints the answer (JSON, or text from `human`); maps errors to exit 1.
+fn call(socket_path: &Path, req: Request, json: bool, human: impl FnOnce(&Value)) -> anyhow::Result<i32> {
+    match socket::call(socket_path, &req)? {
+        Ok(v) => {
+            if json {
+                print_json(&v);
+            } else {
+                human(&v);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            print_error_value(&e, json);
+            Ok(1)
+        }
+    }
 }
-pub fn run_pair(_c: PairCmd, _socket: &Path, _json: bool) -> anyhow::Result<i32> {
-    anyhow::bail!("qsplit pair: not built yet (issue 2)")
+
+fn freeze_flag(freeze: bool, no_freeze: bool) -> Option<bool> {
+    match (freeze, no_freeze) {
+        (_, true) => Some(false),
+        (true, _) => Some(true),
+        _ => None,
+    }
 }
-pub fn run_events(_a: EventsArgs, _socket: &Path, _json: bool) -> anyhow::Result<i32> {
-    anyhow::bail!("qsplit events: not built yet (issue 2)")
+
+pub fn run_vm(c: VmCmd, s: &Path, json: bool) -> anyhow::Result<i32> {
+    match c {
+        VmCmd::Attach { name, qmp, qga } => call(s, Request::VmAttach { name, qmp, qga }, json, |v| {
+            println!("attached vm {} (pid {}, {})", v["vm"].as_str().unwrap_or(""), v["pid"], v["status"].as_str().unwrap_or("?"));
+            if !v["agent"].is_null() {
+                println!("guest agent: {}", v["agent"].as_str().unwrap_or(""));
+            }
+        }),
+        VmCmd::Detach { name } => call(s, Request::VmDetach { name }, json, |v| println!("detached vm {}", v["vm"].as_str().unwrap_or(""))),
+        VmCmd::List => call(s, Request::VmList, json, |v| {
+            println!("{:<16} {:<10} {:<8} {:<6} QMP", "VM", "STATUS", "PID", "PAIRS");
+            for vm in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<10} {:<8} {:<6} {}",
+                    vm["name"].as_str().unwrap_or(""),
+                    if vm["connected"] == true { vm["status"].as_str().unwrap_or("?") } else { "offline" },
+                    vm["pid"].as_u64().map(|p| p.to_string()).unwrap_or("-".into()),
+                    vm["pairs"],
+                    vm["qmp"].as_str().unwrap_or("")
+                );
+            }
+        }),
+    }
 }
-pub fn run_backup(_a: BackupArgs, _socket: &Path, _json: bool) -> anyhow::Result<i32> {
-    anyhow::bail!("qsplit backup: not built yet (issue 4)")
+
+fn fmt_ms(v: &Value) -> String {
+    v.as_f64().map(|m| format!("{m:.1}ms")).unwrap_or_else(|| "-".into())
+}
+
+pub fn run_pair(c: PairCmd, s: &Path, json: bool) -> anyhow::Result<i32> {
+    match c {
+        PairCmd::Create { name, drive, target, debug_target_file } => {
+            let debug_target_file = debug_target_file
+                .map(|j| serde_json::from_str(&j).context("--debug-target-file must be JSON"))
+                .transpose()?;
+            call(s, Request::PairCreate { vm: name, drive, target, debug_target_file }, json, |v| {
+                println!(
+                    "pair {}/{} created: mirroring node {} into {} (copying; `qsplit pair wait {} --state duplex`)",
+                    v["vm"].as_str().unwrap_or(""),
+                    v["drive"].as_str().unwrap_or(""),
+                    v["node"].as_str().unwrap_or(""),
+                    v["target"].as_str().unwrap_or(""),
+                    v["vm"].as_str().unwrap_or("")
+                )
+            })
+        }
+        PairCmd::Status { name } => call(s, Request::PairStatus { vm: name }, json, |v| {
+            println!("{:<12} {:<8} {:<10} {:>5} {:>12} {:>10} {:>9}  TARGET", "VM", "DRIVE", "STATE", "SEQ", "COPY", "DIRTY", "PAUSE");
+            for p in v.as_array().into_iter().flatten() {
+                let copy = match (p["copy_done"].as_u64(), p["copy_total"].as_u64()) {
+                    (Some(d), Some(t)) if t > 0 => format!("{:.0}%", d as f64 * 100.0 / t as f64),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<12} {:<8} {:<10} {:>5} {:>12} {:>10} {:>9}  {}",
+                    p["vm"].as_str().unwrap_or(""),
+                    p["drive"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or(""),
+                    p["split_seq"],
+                    copy,
+                    p["dirty_bytes"].as_u64().map(crate::util::human_bytes).unwrap_or("-".into()),
+                    fmt_ms(&p["last_pause_ms"]),
+                    p["target"].as_str().unwrap_or("")
+                );
+                if let Some(r) = p["reason"].as_str() {
+                    println!("    reason: {r}");
+                }
+            }
+        }),
+        PairCmd::Wait { name, drive, state, timeout } => {
+            let st = State::parse(&state).with_context(|| {
+                format!("unknown state {state:?} (one of: simplex, copying, duplex, split, resyncing, suspended)")
+            })?;
+            call(s, Request::PairWait { vm: name, drive, state: st, timeout_s: timeout }, json, |_| println!("reached {st}"))
+        }
+        PairCmd::Split { name, drives, freeze, no_freeze } => {
+            call(s, Request::PairSplit { vm: name, drives, freeze: freeze_flag(freeze, no_freeze) }, json, |v| {
+                println!(
+                    "split {} of vm {} at {} ({} consistent): paused {}, frozen {}",
+                    v["split_seq"],
+                    v["vm"].as_str().unwrap_or(""),
+                    v["time"],
+                    v["consistency"].as_str().unwrap_or(""),
+                    fmt_ms(&v["pause_ms"]),
+                    fmt_ms(&v["freeze_ms"])
+                );
+                for i in v["images"].as_array().into_iter().flatten() {
+                    println!("  {}", i.as_str().unwrap_or(""));
+                }
+                if let Some(n) = v["freeze_note"].as_str() {
+                    println!("  note: {n}");
+                }
+            })
+        }
+        PairCmd::Resync { name, drives, max_pause_ms } => call(s, Request::PairResync { vm: name, drives, max_pause_ms }, json, |v| {
+            let list = if v.is_array() { v.as_array().cloned().unwrap_or_default() } else { vec![v.clone()] };
+            for r in list {
+                println!(
+                    "{}: copied {} of {} dirty in {} passes, paused {}{}",
+                    r["drive"].as_str().unwrap_or(""),
+                    crate::util::human_bytes(r["bytes_copied"].as_u64().unwrap_or(0)),
+                    crate::util::human_bytes(r["bytes_dirty_at_start"].as_u64().unwrap_or(0)),
+                    r["passes"],
+                    fmt_ms(&r["pause_ms"]),
+                    r["reason"].as_str().map(|x| format!(" (full copy: {x})")).unwrap_or_default()
+                );
+            }
+        }),
+        PairCmd::Delete { name, drives } => call(s, Request::PairDelete { vm: name, drives }, json, |v| {
+            for p in v.as_array().into_iter().flatten() {
+                println!("deleted pair {}/{} (secondary kept: {})", p["vm"].as_str().unwrap_or(""), p["drive"].as_str().unwrap_or(""), p["target"].as_str().unwrap_or(""));
+            }
+        }),
+    }
+}
+
+pub fn run_events(a: EventsArgs, s: &Path, json: bool) -> anyhow::Result<i32> {
+    let mut code = 0;
+    socket::stream(s, &Request::Events { follow: a.follow }, |r| match r {
+        Ok(ev) => {
+            if json {
+                print_json(&ev);
+            } else {
+                let t = ev["time"].as_f64().unwrap_or(0.0);
+                println!("{t:.3} {:<10} {}", ev["kind"].as_str().unwrap_or(""), ev["message"].as_str().unwrap_or(""));
+            }
+            use std::io::Write;
+            std::io::stdout().flush().is_ok()
+        }
+        Err(e) => {
+            print_error_value(&e, json);
+            code = 1;
+            false
+        }
+    })?;
+    Ok(code)
+}
+
+pub fn run_backup(a: BackupArgs, s: &Path, json: bool) -> anyhow::Result<i32> {
+    let archive = std::path::absolute(&a.archive)?;
+    call(s, Request::Backup { vm: a.name, archive, freeze: freeze_flag(a.freeze, a.no_freeze) }, json, |v| {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+    })
 }

@@ -1,1 +1,154 @@
-//! daemon (placeholder until its issue lands).
+//! The daemon: owns the QMP connections, the pair records and the control socket.
+//!
+//! `Ctx` is shared by every task. Operations on one VM's pairs are serialised by that VM's
+//! operation token (`VmRt::op`, an async mutex held for the whole operation): a split, a
+//! resync and a delete of the same VM can never interleave, while status and events never
+//! wait for it. No std lock is held across an `.await`. State changes go through
+//! `Ctx::apply`, i.e. the pure state machine, and are saved before the caller continues.
+
+pub mod events;
+pub mod recover;
+pub mod server;
+pub mod store;
+pub mod vm;
+
+use crate::api::{ApiError, ErrorKind};
+use crate::pair::{self, Input, State, Step};
+use crate::qmp::{Qga, Qmp};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use events::EventBus;
+pub use store::Store;
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A VM the daemon is attached to, at run time.
+pub struct VmRt {
+    pub name: String,
+    pub qmp_path: PathBuf,
+    pub qga_path: Option<PathBuf>,
+    pub qga: Option<Qga>,
+    conn: Mutex<Option<Qmp>>,
+    last_error: Mutex<Option<String>>,
+    /// The VM's operation token: held for the whole of an operation on its pairs.
+    pub op: tokio::sync::Mutex<()>,
+    /// Notified when the VM is detached (ends its connection task).
+    pub detached: tokio::sync::Notify,
+}
+
+impl VmRt {
+    pub fn new(name: &str, qmp: &Path, qga: Option<&Path>) -> VmRt {
+        VmRt {
+            name: name.to_string(),
+            qmp_path: qmp.to_path_buf(),
+            qga_path: qga.map(Path::to_path_buf),
+            qga: qga.map(Qga::new),
+            conn: Mutex::new(None),
+            last_error: Mutex::new(None),
+            op: tokio::sync::Mutex::new(()),
+            detached: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The live QMP connection, or an error saying why there is none.
+    pub fn qmp(&self) -> Result<Qmp, ApiError> {
+        match self.conn.lock().unwrap().clone() {
+            Some(q) if !q.is_closed() => Ok(q),
+            _ => {
+                let why = self.last_error.lock().unwrap().clone().unwrap_or_else(|| "connection closed".into());
+                Err(ApiError::qemu(format!(
+                    "vm {}: not connected to QEMU at {} ({why}); the daemon retries every second",
+                    self.name,
+                    self.qmp_path.display()
+                )))
+            }
+        }
+    }
+
+    pub fn connected(&self) -> Option<Qmp> {
+        self.conn.lock().unwrap().clone().filter(|q| !q.is_closed())
+    }
+
+    pub fn set_conn(&self, q: Option<Qmp>) {
+        *self.conn.lock().unwrap() = q;
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap() = e;
+    }
+}
+
+pub struct Ctx {
+    pub store: Store,
+    pub events: EventBus,
+    pub vms: Mutex<HashMap<String, Arc<VmRt>>>,
+    pub state_dir: PathBuf,
+}
+
+impl Ctx {
+    pub fn new(state_dir: &Path) -> anyhow::Result<Ctx> {
+        Ok(Ctx {
+            store: Store::open(state_dir)?,
+            events: EventBus::new(state_dir),
+            vms: Mutex::new(HashMap::new()),
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    pub fn vm(&self, name: &str) -> Result<Arc<VmRt>, ApiError> {
+        self.vms.lock().unwrap().get(name).cloned().ok_or_else(|| {
+            ApiError::bad(format!("no vm named {name} is attached (see `qsplit vm list`; attach with `qsplit vm attach {name} --qmp PATH`)"))
+        })
+    }
+
+    /// Runs `input` through the state machine for one pair and saves the result. A pair that
+    /// does not exist is `simplex`. Emits a state event when the state changes.
+    pub fn apply(&self, vm: &str, drive: &str, input: &Input) -> Result<Step, ApiError> {
+        let current = self.store.pair(vm, drive).map(|p| p.state).unwrap_or(State::Simplex);
+        let step = pair::state::step(current, input)
+            .map_err(|r| ApiError::new(ErrorKind::WrongState, format!("disk {drive} of vm {vm}: {r}")))?;
+        if current == State::Simplex {
+            return Ok(step); // the caller creates the record
+        }
+        self.store
+            .update(|s| {
+                if step.next == State::Simplex {
+                    s.pairs.retain(|p| !(p.vm == vm && p.drive == drive));
+                } else if let Some(p) = s.pairs.iter_mut().find(|p| p.vm == vm && p.drive == drive) {
+                    p.state = step.next;
+                    if step.next == State::Suspended {
+                        p.reason = step.reason.clone();
+                    } else {
+                        p.reason = None;
+                    }
+                }
+            })
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        if current != step.next || step.reason.is_some() {
+            self.events.state_change(vm, drive, current, step.next, step.reason.as_deref());
+        }
+        Ok(step)
+    }
+
+    /// Suspends a pair with a reason (no-op for pairs that no longer exist).
+    pub fn fault(&self, vm: &str, drive: &str, reason: String) {
+        if self.store.pair(vm, drive).is_some() {
+            let _ = self.apply(vm, drive, &Input::Fault(reason));
+            let _ = self.store.update_pair(vm, drive, |p| p.op = None);
+        }
+    }
+
+    pub fn save<R>(&self, f: impl FnOnce(&mut store::StateFile) -> R) -> Result<R, ApiError> {
+        self.store.update(f).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(state_dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(server::serve(state_dir, socket, config))
+}

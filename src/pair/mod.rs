@@ -3,6 +3,7 @@
 //! `state` is the pure life cycle (state + input -> next state + effects, or a refusal naming
 //! the current state); the daemon's driver carries out the effects against QEMU.
 
+pub mod driver;
 pub mod state;
 
 pub use state::{Effect, Input, Refusal, State, Step};

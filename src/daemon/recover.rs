@@ -1,0 +1,149 @@
+//! Reconciling what the state file says with what QEMU reports, on every (re)connection.
+//!
+//! First the guards: a VM qsplit stopped is resumed, a guest it froze is thawed, and both are
+//! recorded as events. Then each pair, by its recorded state and interrupted operation:
+//! - `Op::Create`: mirror present -> keep (copying/duplex); absent -> start it again.
+//! - `Op::Split`: mirror still READY -> the split never happened, stay duplex; mirror gone and
+//!   split bitmap present -> finish the split (mark and close the secondary) -> split;
+//!   otherwise suspended.
+//! - `Op::Resync`: run the resync again (it is restartable: see driver::resync).
+//! - `Op::Delete`: finish the delete.
+//! - no op: copying/duplex need their mirror job (READY for duplex), else suspended with the
+//!   reason; a split pair's secondary must be closed (closed here if it is still open).
+
+use super::{Ctx, VmRt};
+use crate::daemon::store::Op;
+use crate::pair::driver::{lifecycle, qemu, resync, split::SPLIT_BITMAP, target};
+use crate::pair::{Input, State};
+use crate::qmp::Qmp;
+use serde_json::json;
+
+pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
+    guards(ctx, vm, q).await;
+    for p in ctx.store.pairs_of(&vm.name) {
+        let res: Result<(), crate::api::ApiError> = async {
+            let job = qemu::job(q, &vm.name, &p.mirror_job()).await?;
+            let ready = job.as_ref().is_some_and(|j| j.status == "ready");
+            let running = job.as_ref().is_some_and(|j| !matches!(j.status.as_str(), "concluded" | "null" | "aborting"));
+            match (p.op, p.state) {
+                (Some(Op::Create), _) | (None, State::Copying) => {
+                    if ready {
+                        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
+                        if p.state == State::Copying {
+                            ctx.apply(&p.vm, &p.drive, &Input::MirrorReady)?;
+                        }
+                    } else if running && job.as_ref().is_some_and(|j| j.status != "paused") {
+                        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
+                    } else {
+                        qemu::cancel_and_dismiss(q, &vm.name, &p.mirror_job()).await?;
+                        lifecycle::start(q, &p).await?;
+                        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
+                        note(ctx, &p.vm, &p.drive, "restarted the initial copy that was interrupted");
+                    }
+                }
+                (Some(Op::Split { seq, time }), _) => {
+                    let has_bitmap = qemu::node(q, &vm.name, &p.node).await?.is_some()
+                        && qemu::bitmaps(q, &vm.name, &p.node).await?.iter().any(|b| b.name == SPLIT_BITMAP);
+                    if ready {
+                        if has_bitmap {
+                            qemu::bitmap_remove(q, &vm.name, &p.node, SPLIT_BITMAP).await?;
+                        }
+                        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
+                        note(ctx, &p.vm, &p.drive, &format!("split {seq} was interrupted before it took effect; the pair stays duplex"));
+                    } else if has_bitmap && !running {
+                        qemu::dismiss(q, &vm.name, &p.mirror_job()).await?;
+                        target::mark(q, &p, seq, time).await?;
+                        target::close(q, &p).await?;
+                        ctx.store
+                            .update_pair(&p.vm, &p.drive, |r| {
+                                r.split_seq = seq;
+                                r.last_split_time = Some(time);
+                                r.op = None;
+                            })
+                            .ok();
+                        ctx.apply(&p.vm, &p.drive, &Input::SplitDone)?;
+                        note(ctx, &p.vm, &p.drive, &format!("finished split {seq} that was interrupted after its instant"));
+                    } else {
+                        ctx.fault(&p.vm, &p.drive, format!("split {seq} was interrupted and its state in QEMU is gone; run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
+                    }
+                }
+                (Some(Op::Resync), _) => {
+                    note(ctx, &p.vm, &p.drive, "continuing a resync that was interrupted");
+                    let p2 = ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone());
+                    resync::resync_one(ctx, vm, q, &p2, resync::DEFAULT_MAX_PAUSE_MS, true).await?;
+                }
+                (Some(Op::Delete), _) => {
+                    lifecycle::stop_everything(q, &p).await?;
+                    ctx.save(|s| s.pairs.retain(|r| r.id != p.id))?;
+                    ctx.events.state_change(&p.vm, &p.drive, p.state, State::Simplex, Some("finished an interrupted delete"));
+                }
+                (None, State::Duplex) => {
+                    if !ready {
+                        ctx.fault(&p.vm, &p.drive, format!(
+                            "the mirror job is {} (QEMU restarted?); run `qsplit pair resync {} {}` (full copy)",
+                            job.map(|j| j.status).unwrap_or_else(|| "gone".into()), p.vm, p.drive));
+                    }
+                }
+                (None, State::Split) => {
+                    if qemu::node(q, &vm.name, &p.target_node()).await?.is_some() {
+                        target::mark(q, &p, p.split_seq, p.last_split_time.unwrap_or(0)).await?;
+                        target::close(q, &p).await?;
+                        note(ctx, &p.vm, &p.drive, "closed the split secondary that was left open");
+                    }
+                }
+                (None, State::Resyncing) => {
+                    resync::resync_one(ctx, vm, q, &p, resync::DEFAULT_MAX_PAUSE_MS, true).await?;
+                }
+                (None, State::Suspended | State::Simplex) => {}
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            ctx.fault(&p.vm, &p.drive, format!("recovery after restart failed: {}; run `qsplit pair resync {} {}` (full copy) or `qsplit pair delete`", e.message, p.vm, p.drive));
+        }
+    }
+}
+
+fn note(ctx: &Ctx, vm: &str, drive: &str, msg: &str) {
+    ctx.events.note("recovery", vm, Some(drive), format!("disk {drive} of vm {vm}: {msg}"), json!(null));
+}
+
+/// Resumes a VM and thaws a guest that qsplit left stopped or frozen (daemon killed inside
+/// the window).
+async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
+    let (paused, frozen) = ctx.store.read(|s| (s.paused.contains(&vm.name), s.frozen.contains(&vm.name)));
+    if paused {
+        match qemu::run_status(q, &vm.name).await.as_deref() {
+            Ok("paused") => match qemu::exec(q, &vm.name, "cont", json!(null)).await {
+                Ok(_) => {
+                    let _ = ctx.save(|s| s.paused.remove(&vm.name));
+                    ctx.events.note("recovery", &vm.name, None, format!("vm {}: resumed the VM that qsplit had stopped when it was interrupted", vm.name), json!(null));
+                }
+                Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: could not resume the VM qsplit stopped: {}", vm.name, e.message), json!(null)),
+            },
+            Ok(_) => {
+                let _ = ctx.save(|s| s.paused.remove(&vm.name));
+            }
+            Err(_) => {}
+        }
+    }
+    if frozen {
+        if let Some(qga) = &vm.qga {
+            let t = std::time::Duration::from_secs(10);
+            match qga.fsfreeze_status(t).await {
+                Ok(crate::qmp::FreezeStatus::Frozen) => match qga.fsfreeze_thaw(t).await {
+                    Ok(n) => {
+                        let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                        ctx.events.note("recovery", &vm.name, None, format!("vm {}: thawed {n} guest filesystems that qsplit had frozen when it was interrupted", vm.name), json!(null));
+                    }
+                    Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: could not thaw the guest: {e}", vm.name), json!(null)),
+                },
+                Ok(_) => {
+                    let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                }
+                Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: guest agent did not answer to check the freeze: {e}; will retry on the next connection", vm.name), json!(null)),
+            }
+        }
+    }
+}

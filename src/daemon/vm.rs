@@ -1,0 +1,135 @@
+//! A VM's connection: connect (and reconnect every second after QEMU goes away), reconcile
+//! with QEMU on every (re)connection, and watch QMP events for the VM's pairs.
+//!
+//! The watcher only reacts to what happens outside an operation: a mirror becoming READY
+//! (copying -> duplex), a job error or an unexpected job end (-> suspended), the connection
+//! closing (-> suspended, "QEMU exited"). It takes the VM's operation token before acting and
+//! re-checks the job's status then, so it never races an operation that expects those events.
+
+use super::{recover, Ctx, VmRt};
+use crate::pair::{Input, State};
+use crate::qmp::{Qmp, QmpEvent};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs for as long as the VM is attached. `first` is an already-open connection (from
+/// `vm attach`), if any.
+pub async fn run(ctx: Arc<Ctx>, vm: Arc<VmRt>, mut first: Option<Qmp>) {
+    let mut announced_failure = false;
+    loop {
+        let q = match first.take() {
+            Some(q) => q,
+            None => match Qmp::connect(&vm.qmp_path, CONNECT_TIMEOUT).await {
+                Ok(q) => q,
+                Err(e) => {
+                    vm.set_error(Some(e.to_string()));
+                    if !announced_failure {
+                        ctx.events.note("vm", &vm.name, None, format!("vm {}: cannot connect: {e}", vm.name), serde_json::Value::Null);
+                        announced_failure = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = vm.detached.notified() => return,
+                    }
+                }
+            },
+        };
+        announced_failure = false;
+        vm.set_error(None);
+        let events = q.events();
+        vm.set_conn(Some(q.clone()));
+        ctx.events.note(
+            "vm",
+            &vm.name,
+            None,
+            format!("vm {}: connected to QEMU (pid {})", vm.name, q.peer_pid().map(|p| p.to_string()).unwrap_or("?".into())),
+            serde_json::Value::Null,
+        );
+        {
+            let _op = vm.op.lock().await;
+            recover::reconcile(&ctx, &vm, &q).await;
+        }
+        let detached = tokio::select! {
+            _ = watch(&ctx, &vm, &q, events) => false,
+            _ = vm.detached.notified() => true,
+        };
+        vm.set_conn(None);
+        if detached {
+            return;
+        }
+        vm.set_error(Some("QEMU closed the QMP connection (exited?)".into()));
+        ctx.events.note("vm", &vm.name, None, format!("vm {}: QMP connection closed (QEMU exited?)", vm.name), serde_json::Value::Null);
+        {
+            let _op = vm.op.lock().await;
+            for p in ctx.store.pairs_of(&vm.name) {
+                if p.state != State::Suspended {
+                    ctx.fault(&p.vm, &p.drive, "QEMU exited or closed the QMP connection; when it is back, run `qsplit pair resync` (full copy) or `qsplit pair delete`".into());
+                }
+            }
+        }
+    }
+}
+
+async fn watch(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, mut rx: tokio::sync::broadcast::Receiver<QmpEvent>) {
+    loop {
+        tokio::select! {
+            _ = q.closed() => return,
+            ev = rx.recv() => match ev {
+                Ok(ev) => on_event(ctx, vm, q, ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
+    let job = match ev.name.as_str() {
+        "BLOCK_JOB_READY" | "BLOCK_JOB_ERROR" | "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" => {
+            ev.data["device"].as_str().unwrap_or("").to_string()
+        }
+        _ => return,
+    };
+    let Some(pair) = ctx.store.pairs_of(&vm.name).into_iter().find(|p| p.mirror_job() == job) else { return };
+    let (ctx, vm, q) = (ctx.clone(), vm.clone(), q.clone());
+    tokio::spawn(async move {
+        let _op = vm.op.lock().await;
+        let Some(p) = ctx.store.pair(&pair.vm, &pair.drive) else { return };
+        if p.op.is_some() {
+            return; // an interrupted operation; recovery handles it
+        }
+        let j = crate::pair::driver::qemu::job(&q, &vm.name, &job).await;
+        match (p.state, ev.name.as_str(), j) {
+            (State::Copying, "BLOCK_JOB_READY", Ok(Some(j))) if j.status == "ready" => {
+                let _ = ctx.apply(&p.vm, &p.drive, &Input::MirrorReady);
+            }
+            (State::Copying | State::Duplex, "BLOCK_JOB_ERROR", Ok(Some(j))) if j.status != "ready" || ev.data["action"] == "stop" => {
+                let op = ev.data["operation"].as_str().unwrap_or("I/O");
+                let target_side = ev.data["operation"] == "write";
+                ctx.fault(
+                    &p.vm,
+                    &p.drive,
+                    format!(
+                        "{} error on the mirror ({op} failed{}); the mirror is paused, the VM keeps running. Fix the cause (disk full? failing disk?) and run `qsplit pair resync {} {}` (full copy), or `qsplit pair delete`",
+                        if target_side { "target I/O" } else { "I/O" },
+                        if ev.data["nospace"] == true { ": no space left on the target" } else { "" },
+                        p.vm,
+                        p.drive
+                    ),
+                );
+            }
+            (State::Copying | State::Duplex, "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED", _) => {
+                let err = ev.data["error"].as_str().unwrap_or("ended unexpectedly");
+                ctx.fault(&p.vm, &p.drive, format!("the mirror job ended ({err}); run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Milliseconds helper for events.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,116 @@
+//! Creating a pair (secondary image + synchronous mirror) and deleting one.
+
+use super::{qemu, target};
+use crate::api::{ApiError, ErrorKind};
+use crate::daemon::store::{Op, PairRecord};
+use crate::daemon::{Ctx, VmRt};
+use crate::pair::{Input, State};
+
+use std::path::Path;
+
+/// `pair create`: validates, prepares the secondary, records the pair as `copying` and starts
+/// the mirror. The connection's watcher moves it to `duplex` on READY.
+pub async fn create(ctx: &Ctx, vm: &VmRt, drive: &str, target_path: &Path, target_file: Option<serde_json::Value>) -> Result<PairRecord, ApiError> {
+    let q = vm.qmp()?;
+    if !target::valid_name(drive) {
+        return Err(ApiError::bad(format!("vm {}: drive name {drive:?} must be letters, digits, '.', '_' or '-'", vm.name)));
+    }
+    ctx.apply(&vm.name, drive, &Input::Create)?; // refuses if the pair exists
+    let info = qemu::resolve_drive(&q, &vm.name, drive).await?;
+    let abs = std::path::absolute(target_path).map_err(|e| ApiError::bad(format!("target {}: {e}", target_path.display())))?;
+    if let Some(other) = ctx.store.read(|s| s.pairs.iter().find(|p| p.target == abs || (p.vm == vm.name && p.node == info.node)).cloned()) {
+        return Err(ApiError::bad(format!(
+            "disk {drive} of vm {}: {} is already used by the pair of disk {} of vm {}",
+            vm.name,
+            if other.target == abs { format!("target {}", abs.display()) } else { format!("node {}", info.node) },
+            other.drive,
+            other.vm
+        )));
+    }
+    let (vmn, dr, size) = (vm.name.clone(), drive.to_string(), info.size);
+    let abs2 = abs.clone();
+    let created = tokio::task::spawn_blocking(move || target::prepare(&abs2, &vmn, &dr, size))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+    let rec = ctx.save(|s| {
+        let id = s.next_id.max(1);
+        s.next_id = id + 1;
+        let rec = PairRecord {
+            vm: vm.name.clone(),
+            drive: drive.to_string(),
+            node: info.node.clone(),
+            target: abs.clone(),
+            id,
+            size: info.size,
+            state: State::Copying,
+            split_seq: 0,
+            last_split_time: None,
+            last_pause_ms: None,
+            last_freeze_ms: None,
+            reason: None,
+            op: Some(Op::Create),
+            target_file,
+        };
+        s.pairs.push(rec.clone());
+        rec
+    })?;
+    ctx.events.state_change(&vm.name, drive, State::Simplex, State::Copying, None);
+    match start(&q, &rec).await {
+        Ok(()) => {
+            ctx.save(|s| {
+                if let Some(p) = s.pairs.iter_mut().find(|p| p.id == rec.id) {
+                    p.op = None
+                }
+            })?;
+            Ok(rec)
+        }
+        Err(e) => {
+            // Undo: nothing half-made stays behind. An image we created just now is removed.
+            let _ = qemu::cancel_and_dismiss(&q, &vm.name, &rec.mirror_job()).await;
+            let _ = target::close(&q, &rec).await;
+            let _ = ctx.save(|s| s.pairs.retain(|p| p.id != rec.id));
+            if created {
+                let _ = std::fs::remove_file(&abs);
+            }
+            ctx.events.state_change(&vm.name, drive, State::Copying, State::Simplex, Some(&e.message));
+            Err(e)
+        }
+    }
+}
+
+/// Opens the secondary, resets its bitmaps to `qsplit.since:<split_seq>` and starts a full mirror.
+pub async fn start(q: &crate::qmp::Qmp, rec: &PairRecord) -> Result<(), ApiError> {
+    target::open(q, rec).await?;
+    target::reset_bitmaps(q, rec, rec.split_seq).await?;
+    target::start_mirror(q, rec, "full", None).await
+}
+
+/// `pair delete`: cancels qsplit's jobs, removes its bitmaps from the primary, closes the
+/// secondary (kept on disk) and forgets the pair.
+pub async fn delete(ctx: &Ctx, vm: &VmRt, p: &PairRecord) -> Result<(), ApiError> {
+    crate::pair::state::step(p.state, &Input::Delete)
+        .map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
+    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Delete)).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    if let Ok(q) = vm.qmp() {
+        stop_everything(&q, p).await?;
+    } else if p.state != State::Suspended {
+        return Err(vm.qmp().err().unwrap());
+    }
+    ctx.apply(&p.vm, &p.drive, &Input::Delete)?;
+    Ok(())
+}
+
+/// Cancels the pair's jobs, removes qsplit bitmaps from the primary, closes the secondary.
+pub async fn stop_everything(q: &crate::qmp::Qmp, p: &PairRecord) -> Result<(), ApiError> {
+    qemu::cancel_and_dismiss(q, &p.vm, &p.mirror_job()).await?;
+    qemu::cancel_and_dismiss(q, &p.vm, &p.backup_job()).await?;
+    if qemu::node(q, &p.vm, &p.node).await?.is_some() {
+        for b in qemu::bitmaps(q, &p.vm, &p.node).await? {
+            if b.name.starts_with("qsplit.") {
+                qemu::bitmap_remove(q, &p.vm, &p.node, &b.name).await?;
+            }
+        }
+    }
+    target::close(q, p).await?;
+    Ok(())
+}

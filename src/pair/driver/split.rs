@@ -1,0 +1,231 @@
+//! Splitting a group of pairs at one instant.
+//!
+//! Sequence (all pairs of the group are `duplex`):
+//! 1. record the intent (`Op::Split`), optionally freeze the guest (guard recorded first);
+//! 2. record the pause guard, `stop` the VM (QEMU drains all in-flight I/O);
+//! 3. one `transaction` adds the split bitmap `qsplit.split` to every primary: from here on
+//!    every write is recorded;
+//! 4. `block-job-cancel` every mirror (a READY mirror ends as a point-in-time copy) and wait
+//!    until all have concluded; 5. `cont` (always, also on error) and clear the guard;
+//! 6. thaw (always); 7. per pair: mark the secondary with its identity and split sequence, close
+//!    it (QEMU stores the bitmaps; the image is clean), state `split`.
+//! The VM is paused only for steps 2-5. A VM that was not running is neither stopped nor resumed.
+
+use super::{qemu, target};
+use crate::api::{ApiError, ErrorKind, SplitResult};
+use crate::daemon::store::{Op, PairRecord};
+use crate::daemon::{now_secs, Ctx, VmRt};
+use crate::pair::Input;
+use crate::qmp::Qmp;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Name of the bitmap on the primary that records writes after the split.
+pub const SPLIT_BITMAP: &str = "qsplit.split";
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+const THAW_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    No,
+    /// Freeze if the agent answers; otherwise split crash-consistent and say why.
+    Preferred,
+    /// Fail the split if the guest cannot be frozen.
+    Required,
+}
+
+pub fn freeze_mode(vm: &VmRt, freeze: Option<bool>) -> Result<Freeze, ApiError> {
+    match (freeze, vm.qga.is_some()) {
+        (Some(false), _) => Ok(Freeze::No),
+        (Some(true), false) => Err(ApiError::bad(format!(
+            "vm {}: --freeze needs a guest agent; attach the VM with --qga PATH or use --no-freeze",
+            vm.name
+        ))),
+        (Some(true), true) => Ok(Freeze::Required),
+        (None, true) => Ok(Freeze::Preferred),
+        (None, false) => Ok(Freeze::No),
+    }
+}
+
+pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>) -> Result<SplitResult, ApiError> {
+    let pairs = super::select(ctx, &vm.name, drives)?;
+    for p in &pairs {
+        crate::pair::state::step(p.state, &Input::Split).map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
+    }
+    let mode = freeze_mode(vm, freeze)?;
+    let q = vm.qmp()?;
+    let seq = pairs.iter().map(|p| p.split_seq).max().unwrap_or(0) + 1;
+    let time = now_secs();
+    ctx.save(|s| {
+        for r in s.pairs.iter_mut().filter(|r| pairs.iter().any(|p| p.id == r.id)) {
+            r.op = Some(Op::Split { seq, time });
+        }
+    })?;
+    // A leftover split bitmap (from an aborted split) would make the new one fail to add.
+    for p in &pairs {
+        for b in qemu::bitmaps(&q, &vm.name, &p.node).await? {
+            if b.name == SPLIT_BITMAP || b.name.starts_with("qsplit.pass") {
+                qemu::bitmap_remove(&q, &vm.name, &p.node, &b.name).await?;
+            }
+        }
+    }
+
+    // Freeze (guard recorded before, cleared after thaw).
+    let mut freeze_ms = None;
+    let mut freeze_note = None;
+    let mut frozen_at = None;
+    if mode != Freeze::No {
+        let qga = vm.qga.clone().expect("freeze mode implies an agent");
+        ctx.save(|s| s.frozen.insert(vm.name.clone()))?;
+        let t = Instant::now();
+        match qga.fsfreeze_freeze(FREEZE_TIMEOUT).await {
+            Ok(n) => {
+                frozen_at = Some(t);
+                ctx.events.note("freeze", &vm.name, None, format!("vm {}: froze {n} guest filesystems", vm.name), json!({"filesystems": n}));
+            }
+            Err(e) => {
+                // The agent may have frozen some filesystems before failing: always thaw.
+                let _ = qga.fsfreeze_thaw(THAW_TIMEOUT).await;
+                let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                let msg = format!("vm {}: guest agent could not freeze the filesystems: {e}", vm.name);
+                if mode == Freeze::Required {
+                    clear_op(ctx, &pairs);
+                    return Err(ApiError::new(ErrorKind::Agent, format!("{msg}; not split (use --no-freeze for a crash-consistent split)")));
+                }
+                freeze_note = Some(format!("{msg}; split crash-consistent instead"));
+            }
+        }
+    }
+
+    let window = pause_window(ctx, &q, vm, &pairs).await;
+
+    if let Some(t) = frozen_at {
+        let qga = vm.qga.clone().expect("agent");
+        match thaw(&qga).await {
+            Ok(()) => {
+                let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                freeze_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Err(e) => {
+                ctx.events.note("error", &vm.name, None, format!("vm {}: THAW FAILED: {e}; the daemon keeps retrying", vm.name), json!(null));
+                // The guard stays recorded: recovery (and the next connection) retries the thaw.
+            }
+        }
+    }
+
+    let pause_ms = match window {
+        Ok(ms) => ms,
+        Err(e) => {
+            recover_failed_split(ctx, &q, &pairs, &e.message).await;
+            return Err(e);
+        }
+    };
+
+    // Finish each pair: identity marker, close, state `split`.
+    for p in &pairs {
+        let res = async {
+            qemu::dismiss(&q, &vm.name, &p.mirror_job()).await?;
+            target::mark(&q, p, seq, time).await?;
+            target::close(&q, p).await
+        }
+        .await;
+        if let Err(e) = res {
+            ctx.fault(&p.vm, &p.drive, format!("split {seq} could not close the secondary: {}; run `qsplit pair resync` (full copy)", e.message));
+            return Err(e);
+        }
+        ctx.store
+            .update_pair(&p.vm, &p.drive, |r| {
+                r.split_seq = seq;
+                r.last_split_time = Some(time);
+                r.last_pause_ms = Some(pause_ms);
+                r.last_freeze_ms = freeze_ms;
+                r.op = None;
+            })
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        ctx.apply(&p.vm, &p.drive, &Input::SplitDone)?;
+    }
+    let result = SplitResult {
+        vm: vm.name.clone(),
+        split_seq: seq,
+        time,
+        consistency: if frozen_at.is_some() { "application" } else { "crash" }.into(),
+        pause_ms,
+        freeze_ms,
+        drives: pairs.iter().map(|p| p.drive.clone()).collect(),
+        images: pairs.iter().map(|p| p.target.clone()).collect(),
+        freeze_note,
+    };
+    ctx.events.note("split", &vm.name, None, format!("vm {}: split {seq} done ({} disks, paused {pause_ms:.1} ms)", vm.name, pairs.len()), serde_json::to_value(&result).unwrap_or_default());
+    Ok(result)
+}
+
+async fn thaw(qga: &crate::qmp::Qga) -> Result<(), crate::qmp::QmpError> {
+    // Two tries: a thaw must not be lost to one dropped reply.
+    match qga.fsfreeze_thaw(THAW_TIMEOUT).await {
+        Ok(_) => Ok(()),
+        Err(_) => qga.fsfreeze_thaw(THAW_TIMEOUT).await.map(|_| ()),
+    }
+}
+
+/// Steps 2-5: stop, bitmaps, cancel mirrors, cont. Returns the pause in ms. `cont` is sent
+/// whatever happened in between.
+async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Result<f64, ApiError> {
+    let running = qemu::run_status(q, &vm.name).await? == "running";
+    if running {
+        ctx.save(|s| s.paused.insert(vm.name.clone()))?;
+    }
+    let t0 = Instant::now();
+    if running {
+        qemu::exec(q, &vm.name, "stop", json!(null)).await?;
+    }
+    let inner = async {
+        let actions: Vec<_> = pairs
+            .iter()
+            .map(|p| json!({"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": SPLIT_BITMAP, "persistent": false}}))
+            .collect();
+        qemu::exec(q, &vm.name, "transaction", json!({"actions": actions})).await?;
+        for p in pairs {
+            qemu::exec(q, &vm.name, "block-job-cancel", json!({"device": p.mirror_job()})).await?;
+        }
+        for p in pairs {
+            qemu::wait_job(q, &vm.name, &p.mirror_job(), qemu::Until::Concluded, Duration::from_secs(30)).await?;
+        }
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if running {
+        let mut cont = qemu::exec(q, &vm.name, "cont", json!(null)).await;
+        if cont.is_err() && !q.is_closed() {
+            cont = qemu::exec(q, &vm.name, "cont", json!(null)).await;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        cont?;
+        ctx.save(|s| s.paused.remove(&vm.name))?;
+        inner?;
+        return Ok(ms);
+    }
+    inner?;
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn clear_op(ctx: &Ctx, pairs: &[PairRecord]) {
+    let _ = ctx.save(|s| {
+        for r in s.pairs.iter_mut().filter(|r| pairs.iter().any(|p| p.id == r.id)) {
+            r.op = None;
+        }
+    });
+}
+
+/// After a failed window: pairs whose mirror still runs stay duplex (their split bitmap is
+/// removed); pairs whose mirror ended are suspended (a later resync copies everything).
+pub async fn recover_failed_split(ctx: &Ctx, q: &Qmp, pairs: &[PairRecord], why: &str) {
+    for p in pairs {
+        let still = matches!(qemu::job(q, &p.vm, &p.mirror_job()).await, Ok(Some(j)) if j.status == "ready");
+        if still {
+            let _ = qemu::bitmap_remove(q, &p.vm, &p.node, SPLIT_BITMAP).await;
+            let _ = ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None);
+        } else {
+            ctx.fault(&p.vm, &p.drive, format!("split failed: {why}; run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The secondary image: creating it, recognising one qsplit made, opening it in QEMU, and the
+//! bitmap names that carry its identity (see docs/design.md, "The split-image contract").
+
+use super::qemu::{self, exec};
+use crate::api::ApiError;
+use crate::daemon::store::PairRecord;
+use crate::qmp::Qmp;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+
+/// Prefix of the identity marker bitmap.
+pub const MARKER_PREFIX: &str = "qsplit.id:";
+/// Prefix of the bitmap that records changes since a split.
+pub const SINCE_PREFIX: &str = "qsplit.since:";
+
+pub fn marker_name(vm: &str, drive: &str, seq: u64, time: u64) -> String {
+    format!("{MARKER_PREFIX}vm={vm}:drive={drive}:seq={seq}:time={time}")
+}
+
+pub fn since_name(seq: u64) -> String {
+    format!("{SINCE_PREFIX}{seq}")
+}
+
+/// Names usable inside bitmap names and QEMU ids.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn qemu_img(args: &[&str]) -> Result<std::process::Output, ApiError> {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| ApiError::new(crate::api::ErrorKind::Internal, format!("cannot run qemu-img: {e} (install qemu-utils)")))
+}
+
+/// Makes sure `path` is a usable secondary for `vm`/`drive` of `size` bytes: creates a new
+/// qcow2 (returning true), or accepts an existing image only if qsplit made it for this disk
+/// and its size matches. Never modifies an image that is not ours.
+pub fn prepare(path: &Path, vm: &str, drive: &str, size: u64) -> Result<bool, ApiError> {
+    let label = format!("disk {drive} of vm {vm}");
+    let p = path.to_string_lossy().to_string();
+    if path.exists() {
+        let out = qemu_img(&["info", "--output=json", "-U", &p])?;
+        if !out.status.success() {
+            return Err(ApiError::bad(format!(
+                "{label}: target {p} exists and is not an image qemu-img can read ({}); choose another path",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let prefix = format!("{MARKER_PREFIX}vm={vm}:drive={drive}:");
+        let ours = info["format"] == "qcow2"
+            && info["format-specific"]["data"]["bitmaps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["name"].as_str().is_some_and(|n| n.starts_with(&prefix)));
+        if !ours {
+            return Err(ApiError::bad(format!(
+                "{label}: target {p} exists and is not ours (no qsplit identity for this disk inside it); choose another path or remove it yourself"
+            )));
+        }
+        let vsize = info["virtual-size"].as_u64().unwrap_or(0);
+        if vsize != size {
+            return Err(ApiError::bad(format!(
+                "{label}: target {p} has virtual size {vsize} but the disk has {size}; choose another path"
+            )));
+        }
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(ApiError::bad(format!("{label}: target directory {} does not exist", dir.display())));
+        }
+    }
+    let out = qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", &p, &size.to_string()])?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(path);
+        return Err(ApiError::bad(format!(
+            "{label}: cannot create target {p}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let marker = marker_name(vm, drive, 0, crate::daemon::now_secs());
+    let out = qemu_img(&["bitmap", "--add", "--disable", &p, &marker])?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(path);
+        return Err(ApiError::bad(format!(
+            "{label}: cannot mark target {p}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(true)
+}
+
+/// Opens the secondary as a block node (if it is not open already).
+pub async fn open(q: &Qmp, p: &PairRecord) -> Result<(), ApiError> {
+    let node = p.target_node();
+    if qemu::node(q, &p.vm, &node).await?.is_some() {
+        return Ok(());
+    }
+    let file = p.target_file.clone().unwrap_or_else(|| json!({"driver": "file", "filename": p.target}));
+    exec(q, &p.vm, "blockdev-add", json!({"driver": "qcow2", "node-name": node, "file": file}))
+        .await
+        .map_err(|e| ApiError::qemu(format!("{}: cannot open target {}: {}", p.label(), p.target.display(), e.message)))?;
+    Ok(())
+}
+
+/// Closes the secondary's node; QEMU writes its persistent bitmaps and leaves it clean.
+pub async fn close(q: &Qmp, p: &PairRecord) -> Result<(), ApiError> {
+    let node = p.target_node();
+    if qemu::node(q, &p.vm, &node).await?.is_some() {
+        exec(q, &p.vm, "blockdev-del", json!({"node-name": node})).await?;
+    }
+    Ok(())
+}
+
+/// On the open secondary: keep only `qsplit.since:<seq>` (created if missing) and no marker.
+pub async fn reset_bitmaps(q: &Qmp, p: &PairRecord, since: u64) -> Result<(), ApiError> {
+    let node = p.target_node();
+    let keep = since_name(since);
+    let mut have = false;
+    for b in qemu::bitmaps(q, &p.vm, &node).await? {
+        if b.name == keep && !b.inconsistent {
+            have = true;
+        } else if b.name.starts_with(MARKER_PREFIX) || b.name.starts_with(SINCE_PREFIX) {
+            qemu::bitmap_remove(q, &p.vm, &node, &b.name).await?;
+        }
+    }
+    if !have {
+        qemu::bitmap_add(q, &p.vm, &node, &keep, true, false).await?;
+    }
+    Ok(())
+}
+
+/// On the open secondary: replace any marker with the one for split `seq` at `time`.
+pub async fn mark(q: &Qmp, p: &PairRecord, seq: u64, time: u64) -> Result<(), ApiError> {
+    let node = p.target_node();
+    for b in qemu::bitmaps(q, &p.vm, &node).await? {
+        if b.name.starts_with(MARKER_PREFIX) {
+            qemu::bitmap_remove(q, &p.vm, &node, &b.name).await?;
+        }
+    }
+    qemu::bitmap_add(q, &p.vm, &node, &marker_name(&p.vm, &p.drive, seq, time), true, true).await
+}
+
+/// Starts the synchronous (write-blocking) mirror from the primary into the open secondary.
+/// `sync` is `full` (copy everything first) or `none` (the two are already identical).
+pub async fn start_mirror(q: &Qmp, p: &PairRecord, sync: &str, bitmap: Option<&str>) -> Result<(), ApiError> {
+    let mut args = json!({
+        "job-id": p.mirror_job(),
+        "device": p.node,
+        "target": p.target_node(),
+        "sync": sync,
+        "copy-mode": "write-blocking",
+        "on-source-error": "stop",
+        "on-target-error": "stop",
+        "auto-dismiss": false,
+    });
+    if let Some(b) = bitmap {
+        args["bitmap"] = json!(b);
+        args["bitmap-mode"] = json!("never");
+    }
+    exec(q, &p.vm, "blockdev-mirror", args).await.map(|_| ())
+}
