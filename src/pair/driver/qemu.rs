@@ -169,10 +169,8 @@ pub async fn wait_job(q: &Qmp, vm: &str, id: &str, until: Until, timeout: Durati
         }
         let wake = (deadline - now).min(Duration::from_millis(250));
         match tokio::time::timeout(wake, rx.recv()).await {
-            Ok(Ok(ev)) => {
-                if ev.name == "BLOCK_JOB_ERROR" && ev.data["device"].as_str() == Some(id) {
-                    io_error = Some(format!("{} failed", ev.data["operation"].as_str().unwrap_or("I/O")));
-                }
+            Ok(Ok(ev)) if ev.name == "BLOCK_JOB_ERROR" && ev.data["device"].as_str() == Some(id) => {
+                io_error = Some(format!("{} failed", ev.data["operation"].as_str().unwrap_or("I/O")));
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                 return Err(ApiError::qemu(format!("vm {vm}: QMP connection closed while waiting for job {id} (QEMU exited?)")));

@@ -9,6 +9,7 @@
 //!    until all have concluded; 5. `cont` (always, also on error) and clear the guard;
 //! 6. thaw (always); 7. per pair: mark the secondary with its identity and split sequence, close
 //!    it (QEMU stores the bitmaps; the image is clean), state `split`.
+//!
 //! The VM is paused only for steps 2-5. A VM that was not running is neither stopped nor resumed.
 
 use super::{qemu, target};
