@@ -1,1 +1,4 @@
 //! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.
+
+mod harness;
+mod qmp_tests;

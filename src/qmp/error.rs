@@ -7,6 +7,10 @@ pub enum QmpError {
     /// The socket could not be opened (missing, refused, or already taken by another client).
     #[error("cannot connect to {path}: {source}")]
     Connect { path: String, source: std::io::Error },
+    /// The socket accepted the connection but QEMU never sent its greeting: another client
+    /// holds this monitor (QEMU serves one client per monitor socket).
+    #[error("QMP socket {path} is in use by another client (no greeting within {waited:?})")]
+    InUse { path: String, waited: Duration },
     /// QEMU answered the command with an error.
     #[error("{command}: {class}: {desc}")]
     Command { command: String, class: String, desc: String },

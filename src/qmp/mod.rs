@@ -14,6 +14,9 @@ pub mod error;
 pub mod peer;
 pub mod qga;
 pub mod transport;
+mod wire;
+#[cfg(test)]
+mod tests;
 
 pub use error::QmpError;
 pub use qga::{FreezeStatus, Qga};

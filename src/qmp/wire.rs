@@ -1,0 +1,176 @@
+//! The QMP wire format, without sockets: bounded line reading and the classification of one
+//! decoded JSON message (greeting, reply, event, anything else).
+//!
+//! Invariants: nothing here fails on hostile bytes. A line that is not JSON, not an object, or
+//! longer than [`MAX_LINE`] becomes [`Line::Garbage`] / [`Message::Other`] for the caller to log
+//! and skip; only an I/O error or end of stream ends a reader. Unknown keys are kept in the
+//! `Value`s handed up, never rejected.
+//!
+//! Limits: QMP frames messages by newlines (QEMU never emits a raw newline inside a JSON
+//! message). A line longer than `MAX_LINE` is discarded as a whole, not truncated.
+
+use super::transport::QmpEvent;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Longest line accepted (`query-qmp-schema` is about 200 KiB on QEMU 10.0).
+pub const MAX_LINE: usize = 64 << 20;
+
+/// One newline-terminated line read from the peer.
+#[derive(Debug, PartialEq)]
+pub enum Line {
+    /// The bytes of the line, without the trailing `\n` (and `\r`).
+    Data(Vec<u8>),
+    /// A line longer than the limit; its length in bytes.
+    Garbage(usize),
+}
+
+/// Reads the next line, at most `max` bytes long. `Ok(None)` at end of stream (a last line
+/// without newline is still returned).
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> std::io::Result<Option<Line>> {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if total == 0 {
+                None
+            } else if total > max {
+                Some(Line::Garbage(total))
+            } else {
+                Some(Line::Data(buf))
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        total += take;
+        if total <= max + 1 {
+            buf.extend_from_slice(&chunk[..take]);
+        } else if !buf.is_empty() {
+            buf = Vec::new(); // over the limit: stop keeping bytes, keep counting
+        }
+        r.consume(take);
+        if done {
+            if total > max + 1 {
+                return Ok(Some(Line::Garbage(total)));
+            }
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Some(Line::Data(buf)));
+        }
+    }
+}
+
+/// What one QMP message is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// `{"QMP": {...}}`: the greeting; the inner object.
+    Greeting(Value),
+    /// A reply to a command: its `id` (if any) and either the `return` value or the error.
+    Reply { id: Option<Value>, result: Result<Value, ReplyError> },
+    Event(QmpEvent),
+    /// Valid JSON of no known shape.
+    Other(Value),
+}
+
+/// The `error` member of a failed reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyError {
+    pub class: String,
+    pub desc: String,
+}
+
+/// Classifies one decoded message. Never fails: what is not understood is `Other`.
+pub fn classify(v: Value) -> Message {
+    let Value::Object(mut m) = v else { return Message::Other(v) };
+    if let Some(ret) = m.remove("return") {
+        return Message::Reply { id: m.remove("id"), result: Ok(ret) };
+    }
+    if let Some(err) = m.remove("error") {
+        let field = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
+        let error = ReplyError {
+            class: field("class").unwrap_or_else(|| "GenericError".into()),
+            desc: field("desc").unwrap_or_else(|| err.to_string()),
+        };
+        return Message::Reply { id: m.remove("id"), result: Err(error) };
+    }
+    if let Some(Value::String(name)) = m.get("event") {
+        let name = name.clone();
+        let data = match m.remove("data") {
+            Some(Value::Null) | None => Value::Object(Default::default()),
+            Some(d) => d,
+        };
+        let ts = m.get("timestamp");
+        let part = |k: &str| ts.and_then(|t| t.get(k)).and_then(Value::as_f64).unwrap_or(0.0);
+        let timestamp = part("seconds") + part("microseconds") / 1e6;
+        return Message::Event(QmpEvent { name, data, timestamp });
+    }
+    if let Some(g) = m.remove("QMP") {
+        return Message::Greeting(g);
+    }
+    Message::Other(Value::Object(m))
+}
+
+/// Text of a line for a trace message, cut to a readable length.
+pub fn trace_text(line: &[u8]) -> String {
+    const MAX: usize = 4096;
+    let s = String::from_utf8_lossy(&line[..line.len().min(MAX)]);
+    if line.len() > MAX {
+        format!("{s}... ({} bytes)", line.len())
+    } else {
+        s.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Line> {
+        let mut r = tokio::io::BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        while let Some(l) = read_line(&mut r, max).await.unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_lines_and_discards_overlong_ones() {
+        let got = lines(b"ab\r\n0123456789\n\nxyz", 5).await;
+        assert_eq!(
+            got,
+            vec![Line::Data(b"ab".to_vec()), Line::Garbage(11), Line::Data(vec![]), Line::Data(b"xyz".to_vec())]
+        );
+        assert_eq!(lines(b"12345\n", 5).await, vec![Line::Data(b"12345".to_vec())]);
+        assert_eq!(lines(b"123456", 5).await, vec![Line::Garbage(6)]);
+    }
+
+    #[test]
+    fn classifies_messages() {
+        assert_eq!(classify(json!({"return": {}, "id": 3})), Message::Reply { id: Some(json!(3)), result: Ok(json!({})) });
+        assert_eq!(
+            classify(json!({"error": {"class": "DeviceNotFound", "desc": "no vd9"}, "id": 4})),
+            Message::Reply {
+                id: Some(json!(4)),
+                result: Err(ReplyError { class: "DeviceNotFound".into(), desc: "no vd9".into() })
+            }
+        );
+        // An error without the usual members still is an error, with what it had.
+        let Message::Reply { result: Err(e), id: None } = classify(json!({"error": 7})) else { panic!() };
+        assert_eq!((e.class.as_str(), e.desc.as_str()), ("GenericError", "7"));
+        let Message::Event(ev) = classify(json!({"event": "FUTURE_THING", "timestamp": {"seconds": 10, "microseconds": 500000}}))
+        else {
+            panic!()
+        };
+        assert_eq!((ev.name.as_str(), ev.timestamp, ev.data), ("FUTURE_THING", 10.5, json!({})));
+        assert!(matches!(classify(json!({"QMP": {"version": {}}})), Message::Greeting(_)));
+        assert!(matches!(classify(json!([1, 2])), Message::Other(_)));
+        assert!(matches!(classify(json!({"event": 5})), Message::Other(_)));
+    }
+}
