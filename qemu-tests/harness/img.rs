@@ -58,10 +58,10 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     run("qemu-img", &["check", "-q", path_str(path)?]).map(|_| ())
 }
 
-/// `qemu-img compare`: true when both images have the same content (sizes must match).
+/// `qemu-img compare` (not strict: allocation may differ): true when both images have the same guest-visible content.
 pub fn identical(a: &Path, b: &Path) -> anyhow::Result<bool> {
     let out = Command::new("qemu-img")
-        .args(["compare", "-U", "-s", path_str(a)?, path_str(b)?])
+        .args(["compare", "-U", path_str(a)?, path_str(b)?])
         .output()
         .context("cannot run qemu-img")?;
     match out.status.code() {
