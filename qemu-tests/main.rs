@@ -1,5 +1,7 @@
 //! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.
 
 mod harness;
+mod pair_cycle_tests;
+mod pair_fault_tests;
 mod pair_tests;
 mod qmp_tests;

@@ -152,3 +152,17 @@ pub fn run(state_dir: &Path, socket: &Path, config: Option<&Path>) -> anyhow::Re
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(server::serve(state_dir, socket, config))
 }
+
+/// Fault injection for crash-recovery tests: if `STATE_DIR/.crash-at` names this point, the
+/// file is removed and the daemon dies on the spot (as with SIGKILL: no cleanup runs).
+/// One-shot, so the restarted daemon runs normally. Costs one `stat` per point.
+pub fn crash_point(ctx: &Ctx, point: &str) {
+    let f = ctx.state_dir.join(".crash-at");
+    if let Ok(s) = std::fs::read_to_string(&f) {
+        if s.trim() == point {
+            let _ = std::fs::remove_file(&f);
+            eprintln!("qsplit: crash point {point} reached: dying now (test fault injection)");
+            std::process::abort();
+        }
+    }
+}

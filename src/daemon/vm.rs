@@ -106,15 +106,15 @@ fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
                 let _ = ctx.apply(&p.vm, &p.drive, &Input::MirrorReady);
             }
             (State::Copying | State::Duplex, "BLOCK_JOB_ERROR", Ok(Some(j))) if j.status != "ready" || ev.data["action"] == "stop" => {
-                let op = ev.data["operation"].as_str().unwrap_or("I/O");
-                let target_side = ev.data["operation"] == "write";
+                let op = ev.data["operation"].as_str().unwrap_or("I/O").to_string();
+                let io = crate::pair::driver::qemu::job_io_status(&q, &vm.name, &job).await.ok().flatten();
+                let cause = if io.as_deref() == Some("nospace") { ": no space left on the target" } else { "" };
                 ctx.fault(
                     &p.vm,
                     &p.drive,
                     format!(
-                        "{} error on the mirror ({op} failed{}); the mirror is paused, the VM keeps running. Fix the cause (disk full? failing disk?) and run `qsplit pair resync {} {}` (full copy), or `qsplit pair delete`",
-                        if target_side { "target I/O" } else { "I/O" },
-                        if ev.data["nospace"] == true { ": no space left on the target" } else { "" },
+                        "{} error on the mirror ({op} failed{cause}); the mirror is paused, the VM keeps running. Fix the cause (disk full? failing disk?) and run `qsplit pair resync {} {}` (full copy), or `qsplit pair delete`",
+                        if op == "write" { "target I/O" } else { "I/O" },
                         p.vm,
                         p.drive
                     ),

@@ -231,3 +231,13 @@ pub async fn has_seeded_mirror(q: &Qmp, vm: &str) -> Result<bool, ApiError> {
         .iter()
         .any(|m| m["name"] == "bitmap"))
 }
+
+/// `io-status` of a block job (`ok`, `failed`, `nospace`), from `query-block-jobs`.
+pub async fn job_io_status(q: &Qmp, vm: &str, id: &str) -> Result<Option<String>, ApiError> {
+    let v = exec(q, vm, "query-block-jobs", Value::Null).await?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["device"].as_str() == Some(id))
+        .and_then(|j| j["io-status"].as_str().map(str::to_string)))
+}

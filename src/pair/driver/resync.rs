@@ -142,7 +142,8 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
     let mut copied = 0u64;
     let mut passes = 0u32;
     let mut rate = INITIAL_RATE;
-    let mut next_no = 1u32;
+    // Pass bitmap numbers continue after any left by an interrupted attempt.
+    let mut next_no = pending.iter().filter_map(|b| b.name.strip_prefix("qsplit.pass")?.parse::<u32>().ok()).max().unwrap_or(0) + 1;
     loop {
         let left = count(&cur).await?;
         let est_ms = FINAL_OVERHEAD_MS + left as f64 / rate * 1000.0;
@@ -162,6 +163,7 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
             ]}),
         )
         .await?;
+        crate::daemon::crash_point(ctx, "resync-pass");
         let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
         qemu::dismiss(q, name, &p.backup_job()).await?;
         qemu::bitmap_remove(q, name, &p.node, &cur).await?;
@@ -184,9 +186,11 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
     if running {
         qemu::exec(q, name, "stop", json!(null)).await?;
     }
-    // `fin` is started atomically with the last copy: anything written while the mirror was
-    // down (a real guest cannot write while stopped, but monitor-driven I/O can) shows in it
-    // and is copied by another round instead of being lost.
+    crate::daemon::crash_point(ctx, "resync-paused");
+    // `fin` is started atomically with the last copy. A guest cannot write while the VM is
+    // stopped, but monitor-driven I/O can: if `fin` shows writes once the copy is done, they
+    // are copied by another round before the mirror starts (the window left is the one
+    // command between that check and the mirror start).
     let inner = async {
         let mut bytes = 0;
         let mut ran = false;
@@ -213,15 +217,12 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
             }
             qemu::bitmap_remove(q, name, &p.node, &cur).await?;
             cur = fin;
-            target::start_mirror(q, p, "none", None).await?;
-            qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, Duration::from_secs(30)).await?;
             if count(&cur).await? == 0 {
+                target::start_mirror(q, p, "none", None).await?;
+                qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, Duration::from_secs(30)).await?;
                 qemu::bitmap_remove(q, name, &p.node, &cur).await?;
                 return Ok::<(u64, bool), ApiError>((bytes, ran));
             }
-            // Writes slipped in before the mirror ran: take it down (a READY mirror ends
-            // cleanly) and copy them too.
-            qemu::cancel_and_dismiss(q, name, &p.mirror_job()).await?;
         }
         Err(ApiError::qemu(format!("{}: writes kept arriving while the VM was stopped; resync not finished", p.label())))
     }

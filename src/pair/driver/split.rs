@@ -81,6 +81,7 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
         let t = Instant::now();
         match qga.fsfreeze_freeze(FREEZE_TIMEOUT).await {
             Ok(n) => {
+                crate::daemon::crash_point(ctx, "split-frozen");
                 frozen_at = Some(t);
                 ctx.events.note("freeze", &vm.name, None, format!("vm {}: froze {n} guest filesystems", vm.name), json!({"filesystems": n}));
             }
@@ -122,6 +123,7 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
         }
     };
 
+    crate::daemon::crash_point(ctx, "split-after-window");
     // Finish each pair: identity marker, close, state `split`.
     for p in &pairs {
         let res = async {
@@ -179,14 +181,22 @@ async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Re
     if running {
         qemu::exec(q, &vm.name, "stop", json!(null)).await?;
     }
+    crate::daemon::crash_point(ctx, "split-paused");
     let inner = async {
         let actions: Vec<_> = pairs
             .iter()
             .map(|p| json!({"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": SPLIT_BITMAP, "persistent": false}}))
             .collect();
         qemu::exec(q, &vm.name, "transaction", json!({"actions": actions})).await?;
+        // All cancels in flight at once: QEMU runs them back to back, so nothing else (another
+        // monitor's command) can slip in between one disk's cancel and the next.
+        let mut set = tokio::task::JoinSet::new();
         for p in pairs {
-            qemu::exec(q, &vm.name, "block-job-cancel", json!({"device": p.mirror_job()})).await?;
+            let (q, name, job) = (q.clone(), vm.name.clone(), p.mirror_job());
+            set.spawn(async move { qemu::exec(&q, &name, "block-job-cancel", json!({"device": job})).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
         }
         for p in pairs {
             qemu::wait_job(q, &vm.name, &p.mirror_job(), qemu::Until::Concluded, Duration::from_secs(30)).await?;

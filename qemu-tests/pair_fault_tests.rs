@@ -1,0 +1,131 @@
+//! Pairs under faults: the daemon killed inside an operation (and restarted), the mirror
+//! target failing (blkdebug I/O errors, disk full), QEMU exiting, a QMP socket in use.
+
+use crate::harness::{self, img, Daemon, VmBuilder, MIB};
+use crate::pair_tests::{attach_and_pair, s, status_of};
+use serde_json::{json, Value};
+use std::path::Path;
+
+async fn run_status(vm: &harness::Vm) -> anyhow::Result<String> {
+    let v = vm.monitor().execute_value("query-status", Value::Null).await?;
+    Ok(v["status"].as_str().unwrap_or("").to_string())
+}
+
+fn crash_at(d: &Daemon, point: &str) -> anyhow::Result<()> {
+    std::fs::write(d.state_dir.join(".crash-at"), point)?;
+    Ok(())
+}
+
+fn events_text(d: &Daemon) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&d.cli(&["events", "--json"])?.stdout).to_string())
+}
+
+#[tokio::test]
+async fn daemon_killed_while_vm_paused_for_split_resumes_it() -> anyhow::Result<()> {
+    harness::init();
+    let vm = VmBuilder::new("f1").disk(32 * MIB).start().await?;
+    let mut d = Daemon::start()?;
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    crash_at(&d, "split-paused")?;
+    let out = d.cli(&["pair", "split", "f1", "--no-freeze"])?;
+    assert!(!out.status.success());
+    assert_eq!(run_status(&vm).await?, "paused", "the crash left the VM stopped, as intended by the test");
+    d.restart()?;
+    // The restarted daemon resumes the VM, and the pair (never split) stays duplex.
+    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "vm resumed", || {
+        d.cli_json(&["vm", "list"]).map(|v| v[0]["status"] == "running").unwrap_or(false)
+    });
+    assert_eq!(run_status(&vm).await?, "running");
+    d.cli_json(&["pair", "wait", "f1", "--state", "duplex", "--timeout", "10"])?;
+    assert!(events_text(&d)?.contains("resumed the VM"), "recovery must be on record");
+    // And it still splits correctly afterwards.
+    vm.write("vd0", 0, MIB, 0x42).await?;
+    let sp = d.cli_json(&["pair", "split", "f1", "--no-freeze"])?;
+    vm.qemu_io("vd0", "flush").await?;
+    assert!(img::identical(Path::new(sp["images"][0].as_str().unwrap()), &vm.disk("vd0").path)?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn daemon_killed_mid_resync_finishes_it_after_restart() -> anyhow::Result<()> {
+    harness::init();
+    let size = 64 * MIB;
+    let vm = VmBuilder::new("f2").disk(size).start().await?;
+    let mut d = Daemon::start()?;
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    for point in ["resync-pass", "resync-paused"] {
+        d.cli_json(&["pair", "split", "f2", "--no-freeze"])?;
+        // Enough dirty data that resync needs a pass before its final pause.
+        for i in 0..12u64 {
+            vm.write("vd0", i * 4 * MIB, MIB, 0x10 + i as u8).await?;
+        }
+        crash_at(&d, point)?;
+        let out = d.cli(&["pair", "resync", "f2"])?;
+        assert!(!out.status.success(), "{point}: the daemon should have died");
+        d.restart()?;
+        d.cli_json(&["pair", "wait", "f2", "--state", "duplex", "--timeout", "30"])
+            .map_err(|e| anyhow::anyhow!("{point}: {e}\n{}", d.log()))?;
+        assert_eq!(run_status(&vm).await?, "running", "{point}: VM must be running");
+        // The resync that was interrupted really made the secondary whole.
+        let sp = d.cli_json(&["pair", "split", "f2", "--no-freeze"])?;
+        vm.qemu_io("vd0", "flush").await?;
+        assert!(img::identical(Path::new(sp["images"][0].as_str().unwrap()), &vm.disk("vd0").path)?, "{point}: not identical");
+        d.cli_json(&["pair", "resync", "f2"])?;
+    }
+    assert!(events_text(&d)?.contains("continuing a resync"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn target_io_errors_and_disk_full_suspend_the_pair() -> anyhow::Result<()> {
+    harness::init();
+    let vm = VmBuilder::new("f3").disk(16 * MIB).disk(16 * MIB).start().await?;
+    let d = Daemon::start()?;
+    d.cli_json(&["vm", "attach", "f3", "--qmp", s(&vm.qmp_path)])?;
+    for (dev, errno, expect) in [("vd0", 5, "target I/O error"), ("vd1", 28, "no space left")] {
+        let target = vm.dir().join(format!("{dev}-bad.qcow2"));
+        // Writes succeed until the first flush, then fail with errno.
+        let file = json!({"driver": "blkdebug", "image": {"driver": "file", "filename": target},
+            "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}],
+            "inject-error": [{"event": "pwritev", "errno": errno, "state": 2}]});
+        d.cli_json(&["pair", "create", "f3", dev, "--target", s(&target), "--debug-target-file", &file.to_string()])?;
+        d.cli_json(&["pair", "wait", "f3", dev, "--state", "duplex", "--timeout", "30"])?;
+        vm.write(dev, 0, 64 * 1024, 0x77).await?; // the guest's write itself must not fail
+        vm.qemu_io(dev, "flush").await?;
+        vm.write(dev, MIB, 64 * 1024, 0x78).await?;
+        d.cli_json(&["pair", "wait", "f3", dev, "--state", "suspended", "--timeout", "20"])?;
+        let st = status_of(&d, "f3", dev)?;
+        let reason = st["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(expect), "{dev}: {reason}");
+        assert!(reason.contains("pair resync"), "the reason says the way out: {reason}");
+        vm.expect_pattern(dev, MIB, 64 * 1024, 0x78).await?;
+        let e = d.cli_err(&["pair", "split", "f3", dev])?;
+        assert!(e.contains("suspended"), "{e}");
+        d.cli_json(&["pair", "delete", "f3", dev])?;
+    }
+    assert_eq!(run_status(&vm).await?, "running");
+    Ok(())
+}
+
+#[tokio::test]
+async fn qemu_exit_suspends_and_sockets_in_use_are_refused() -> anyhow::Result<()> {
+    harness::init();
+    let mut vm = VmBuilder::new("f4").disk(16 * MIB).start().await?;
+    let d = Daemon::start()?;
+    // The harness holds the test monitor: a second client is refused with a clear error.
+    let e = d.cli_err(&["vm", "attach", "other", "--qmp", s(&vm.test_qmp_path)])?;
+    assert!(e.contains("in use") || e.contains("another client"), "{e}");
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    let e = d.cli_err(&["vm", "attach", "again", "--qmp", s(&vm.qmp_path)])?;
+    assert!(e.contains("already attached"), "{e}");
+    vm.kill();
+    d.cli_json(&["pair", "wait", "f4", "--state", "suspended", "--timeout", "20"])?;
+    let st = status_of(&d, "f4", "vd0")?;
+    assert!(st["reason"].as_str().unwrap().contains("QEMU exited"), "{st}");
+    let e = d.cli_err(&["pair", "split", "f4"])?;
+    assert!(e.contains("suspended"), "{e}");
+    // The secondary is intact on disk and can be deleted from the record while QEMU is gone.
+    d.cli_json(&["pair", "delete", "f4"])?;
+    img::check(Path::new(st["target"].as_str().unwrap()))?;
+    Ok(())
+}
