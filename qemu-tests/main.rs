@@ -1,5 +1,6 @@
 //! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.
 
+mod bench_pair;
 mod harness;
 mod pair_cycle_tests;
 mod pair_fault_tests;
