@@ -17,6 +17,8 @@ pub mod transport;
 mod wire;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod qga_tests;
 
 pub use error::QmpError;
 pub use qga::{FreezeStatus, Qga};
