@@ -40,6 +40,9 @@ async fn connect_query_status_and_typed_queries() -> anyhow::Result<()> {
     for n in ["disk0", "disk0-file", "disk1", "disk1-file"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
+    // The biggest reply QEMU sends (a few hundred KiB in one line).
+    let schema = qmp.execute_value("query-qmp-schema", Value::Null).await?;
+    assert!(schema.as_array().is_some_and(|a| a.iter().any(|e| e["name"] == "blockdev-mirror")));
     let err = qmp.execute_value("no-such-command", Value::Null).await.unwrap_err();
     assert!(matches!(&err, QmpError::Command { class, .. } if class == "CommandNotFound"), "{err}");
     Ok(())
@@ -216,6 +219,25 @@ async fn vm_guard_kills_qemu_on_drop_and_on_panic() -> anyhow::Result<()> {
     assert!(t.join().is_err());
     let pid = rx.recv()?;
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "qemu {pid} survived a panic");
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarted_vm_keeps_its_disks_and_drops_old_connections() -> anyhow::Result<()> {
+    harness::init();
+    let mut vm = VmBuilder::new("q13").disk(16 * MIB).start().await?;
+    let qmp = Qmp::connect(&vm.qmp_path, CONNECT).await?;
+    vm.write("vd0", 2 * MIB, MIB, 0x44).await?;
+    // As in a real crash, what the guest did not flush may be lost (qcow2 metadata).
+    vm.qemu_io("vd0", "flush").await?;
+    let old_pid = vm.pid();
+    vm.restart().await?;
+    assert_ne!(vm.pid(), old_pid);
+    tokio::time::timeout(scaled(Duration::from_secs(10)), qmp.closed()).await?;
+    let qmp = Qmp::connect(&vm.qmp_path, CONNECT).await?;
+    assert_eq!(qmp.peer_pid(), Some(vm.pid()));
+    vm.expect_pattern("vd0", 2 * MIB, MIB, 0x44).await?;
+    assert_eq!(vm.write_log("vd0").len(), 1);
     Ok(())
 }
 
