@@ -183,9 +183,7 @@ async fn random_writes_match_the_model() -> anyhow::Result<()> {
     let size = 8 * MIB;
     let vm = VmBuilder::new("q10").disk(size).start().await?;
     let mut gen = harness::RandomWrites::new(harness::writes::test_seed(), size);
-    for _ in 0..40 {
-        vm.apply("vd0", gen.next_write()).await?;
-    }
+    vm.write_random("vd0", &mut gen, 40).await?;
     vm.qemu_io("vd0", "flush").await?;
     let log = vm.write_log("vd0");
     let actual = img::read_all(&vm.disk("vd0").path)?;

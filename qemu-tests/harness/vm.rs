@@ -145,7 +145,7 @@ impl VmBuilder {
         let qga_path = self.qga.then(|| dir.join("qga.sock"));
         let cmd = self.command(&disks, &qmp_path, &test_qmp_path, qga_path.as_deref());
         let mut proc = Proc::spawn("qemu", cmd, &dir)
-            .map_err(|e| e.context("is QEMU installed? tools/install.sh installs it"))?;
+            .map_err(|e| anyhow::anyhow!("{e:#} (is QEMU installed? tools/install.sh installs it)"))?;
         let monitor = connect_test_monitor(&mut proc, &test_qmp_path).await?;
         Ok(Vm {
             name: self.name.clone(),
@@ -325,6 +325,14 @@ impl Vm {
     /// [`Vm::write`] of a recorded [`Write`].
     pub async fn apply(&self, device: &str, w: Write) -> anyhow::Result<()> {
         self.write(device, w.offset, w.len, w.byte).await
+    }
+
+    /// Makes `n` writes drawn from `gen` through `device`, recorded like [`Vm::write`].
+    pub async fn write_random(&self, device: &str, gen: &mut super::RandomWrites, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            self.apply(device, gen.next_write()).await?;
+        }
+        Ok(())
     }
 
     /// Checks through the device that `offset..offset+len` holds `byte` everywhere.
