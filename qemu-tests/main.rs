@@ -5,4 +5,5 @@ mod harness;
 mod pair_cycle_tests;
 mod pair_fault_tests;
 mod pair_tests;
+mod qga_tests;
 mod qmp_tests;

@@ -145,10 +145,11 @@ impl VmBuilder {
         let qga_path = self.qga.then(|| dir.join("qga.sock"));
         let cmd = self.command(&disks, &qmp_path, &test_qmp_path, qga_path.as_deref());
         let mut proc = Proc::spawn("qemu", cmd, &dir)
-            .map_err(|e| e.context("is QEMU installed? tools/install.sh installs it"))?;
+            .map_err(|e| anyhow::anyhow!("{e:#} (is QEMU installed? tools/install.sh installs it)"))?;
         let monitor = connect_test_monitor(&mut proc, &test_qmp_path).await?;
         Ok(Vm {
-            name: self.name,
+            name: self.name.clone(),
+            builder: self,
             monitor,
             proc,
             disks,
@@ -210,6 +211,7 @@ async fn connect_test_monitor(proc: &mut Proc, path: &Path) -> anyhow::Result<Qm
 /// A running QEMU; killed (SIGKILL) when dropped, its temp dir removed after.
 pub struct Vm {
     pub name: String,
+    builder: VmBuilder,
     // Field order is drop order: monitor, then QEMU, then the directory.
     monitor: Qmp,
     proc: Proc,
@@ -266,6 +268,19 @@ impl Vm {
         self.proc.kill();
     }
 
+    /// Kills QEMU (SIGKILL) and starts a new one on the same disks, sockets and directory,
+    /// as after a host-side crash. Connections to the old QEMU see it go; the write logs stay.
+    /// As in a real crash, writes not flushed (`qemu_io(dev, "flush")`) may be lost: QEMU
+    /// keeps qcow2 metadata in memory until a flush.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        let cmd = self.builder.command(&self.disks, &self.qmp_path, &self.test_qmp_path, self.qga_path.as_deref());
+        let mut proc = Proc::spawn("qemu", cmd, &self.dir)?;
+        self.monitor = connect_test_monitor(&mut proc, &self.test_qmp_path).await?;
+        self.proc = proc;
+        Ok(())
+    }
+
     /// Runs an HMP command through the test monitor and returns its text output.
     pub async fn hmp(&self, command_line: &str) -> anyhow::Result<String> {
         let v = self.monitor.execute_value("human-monitor-command", json!({ "command-line": command_line })).await?;
@@ -310,6 +325,14 @@ impl Vm {
     /// [`Vm::write`] of a recorded [`Write`].
     pub async fn apply(&self, device: &str, w: Write) -> anyhow::Result<()> {
         self.write(device, w.offset, w.len, w.byte).await
+    }
+
+    /// Makes `n` writes drawn from `gen` through `device`, recorded like [`Vm::write`].
+    pub async fn write_random(&self, device: &str, gen: &mut super::RandomWrites, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            self.apply(device, gen.next_write()).await?;
+        }
+        Ok(())
     }
 
     /// Checks through the device that `offset..offset+len` holds `byte` everywhere.

@@ -1,14 +1,19 @@
 //! QMP and guest-agent clients: the only code that talks to QEMU's sockets.
 //!
-//! (API fixed here first; the implementation lands with the qmp branch.)
 //! - `Qmp`: one connection to a QMP unix socket. Commands are matched to replies by `id`, so
 //!   several may be in flight; events are fanned out on a broadcast channel. Messages and
 //!   fields it does not know are kept as JSON values, never an error that ends the connection.
 //!   Every command and reply is traced at debug level; a command without a reply within its
 //!   timeout fails with `QmpError::Timeout`.
-//! - `Qga`: the QEMU guest agent over its chardev socket (guest-sync handshake, ping, fsfreeze).
+//! - `Qga`: the QEMU guest agent over its chardev socket (guest-sync handshake, ping, fsfreeze);
+//!   it refuses to freeze through a `qemu-ga` that runs on the host itself.
 //! - `peer`: the PID of the process at the other end of a unix socket (SO_PEERCRED) and its
 //!   `/proc/PID/io` counters.
+//! - `wire` (private): line framing and message classification, pure and tested alone.
+//!
+//! Errors (`QmpError`) tell apart what callers branch on: `Connect` (socket missing/refused),
+//! `InUse` (another client holds the monitor), `Command` (QEMU said no), `Timeout`,
+//! `Disconnected` (QEMU went away) and `Protocol` (the peer does not speak QMP).
 
 pub mod error;
 pub mod peer;
@@ -17,6 +22,8 @@ pub mod transport;
 mod wire;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod qga_tests;
 
 pub use error::QmpError;
 pub use qga::{FreezeStatus, Qga};

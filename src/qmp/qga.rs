@@ -1,8 +1,31 @@
-//! QEMU guest agent client. (Signatures only; implemented on the qmp branch.)
+//! QEMU guest agent client over the host end of the agent's chardev socket
+//! (`-chardev socket,path=...,server=on,wait=off` + `virtserialport name=org.qemu.guest_agent.0`).
+//!
+//! Each call opens the socket, synchronises, runs one command and closes, all within one
+//! deadline. Synchronising: send `0xFF` (resets the agent's JSON parser) and
+//! `guest-sync-delimited` with a fresh random id; the agent answers `0xFF{"return": id}`.
+//! Everything before that sentinel and any other id is stale (replies to a previous client that
+//! gave up, parse errors caused by the reset byte) and is dropped. The next reply is then ours,
+//! because the agent answers requests in order.
+//!
+//! Invariants: the guest is not trusted. Lines are bounded (1 MiB), undecodable replies are
+//! `Protocol` errors, and a silent agent (no guest OS, agent not running) is a `Timeout`, never
+//! a hang. `fsfreeze_freeze` refuses to talk to an agent whose socket is served by a `qemu-ga`
+//! process on this host: freezing there would freeze the host's own filesystems.
+//!
+//! Limits: needs an agent with `guest-sync-delimited` (QEMU 1.1 and later). The QEMU chardev
+//! serves one client at a time; concurrent calls on one agent wait for each other's connection.
 
+use super::wire::{self, Line, Message};
 use super::QmpError;
-use std::path::Path;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tracing::debug;
+
+const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -14,29 +37,162 @@ pub enum FreezeStatus {
 /// A guest-agent endpoint. Each call opens the socket, synchronises with `guest-sync`
 /// (discarding stale replies), runs one command and closes; every call has a deadline.
 #[derive(Clone, Debug)]
-pub struct Qga {}
+pub struct Qga {
+    path: PathBuf,
+}
 
 impl Qga {
     pub fn new(path: &Path) -> Qga {
-        let _ = path;
-        todo!()
+        Qga { path: path.to_path_buf() }
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub async fn ping(&self, timeout: Duration) -> Result<(), QmpError> {
-        let _ = timeout;
-        todo!()
+        self.call("guest-ping", Value::Null, timeout, false).await.map(|_| ())
     }
+
     /// Freezes all guest filesystems; returns how many were frozen.
     pub async fn fsfreeze_freeze(&self, timeout: Duration) -> Result<u64, QmpError> {
-        let _ = timeout;
-        todo!()
+        let v = self.call("guest-fsfreeze-freeze", Value::Null, timeout, true).await?;
+        count("guest-fsfreeze-freeze", v)
     }
+
     /// Thaws all guest filesystems; returns how many were thawed.
     pub async fn fsfreeze_thaw(&self, timeout: Duration) -> Result<u64, QmpError> {
-        let _ = timeout;
-        todo!()
+        let v = self.call("guest-fsfreeze-thaw", Value::Null, timeout, false).await?;
+        count("guest-fsfreeze-thaw", v)
     }
+
     pub async fn fsfreeze_status(&self, timeout: Duration) -> Result<FreezeStatus, QmpError> {
-        let _ = timeout;
-        todo!()
+        match self.call("guest-fsfreeze-status", Value::Null, timeout, false).await? {
+            Value::String(s) if s == "thawed" => Ok(FreezeStatus::Thawed),
+            Value::String(s) if s == "frozen" => Ok(FreezeStatus::Frozen),
+            other => Err(QmpError::Protocol(format!("guest-fsfreeze-status: unexpected reply {}", short(&other)))),
+        }
     }
+
+    /// Runs any agent command (arguments a JSON object or `Null`) and returns its `return` value.
+    pub async fn execute_value(&self, command: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+        if command == "guest-fsfreeze-freeze" || command == "guest-fsfreeze-freeze-list" {
+            return self.call(command, args, timeout, true).await;
+        }
+        self.call(command, args, timeout, false).await
+    }
+
+    async fn call(&self, command: &str, args: Value, timeout: Duration, freezes: bool) -> Result<Value, QmpError> {
+        match tokio::time::timeout(timeout, self.call_inner(command, args, freezes)).await {
+            Ok(r) => r,
+            Err(_) => {
+                debug!(path = %self.path.display(), "qga: {command} got no reply within {timeout:?}");
+                Err(QmpError::Timeout { command: command.to_string(), timeout })
+            }
+        }
+    }
+
+    async fn call_inner(&self, command: &str, args: Value, freezes: bool) -> Result<Value, QmpError> {
+        let p = self.path.display().to_string();
+        let stream = UnixStream::connect(&self.path).await.map_err(|source| QmpError::Connect { path: p.clone(), source })?;
+        if freezes {
+            refuse_host_agent(&stream, &p)?;
+        }
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        let disconnected = |what: &str| QmpError::Disconnected { path: p.clone(), reason: what.to_string() };
+        let write_err = |e: std::io::Error| QmpError::Disconnected { path: p.clone(), reason: format!("write error: {e}") };
+
+        let id = random_id();
+        let sync = json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string();
+        debug!(path = %p, "qga -> 0xff {sync}");
+        let mut msg = vec![0xFF];
+        msg.extend_from_slice(sync.as_bytes());
+        msg.push(b'\n');
+        wr.write_all(&msg).await.map_err(write_err)?;
+        loop {
+            let line = next_line(&mut rd, &p).await?.ok_or_else(|| disconnected("closed during guest-sync"))?;
+            let Some(at) = line.iter().rposition(|&b| b == 0xFF) else {
+                debug!(path = %p, "qga <- stale line dropped: {}", wire::trace_text(&line));
+                continue;
+            };
+            let reply: Option<Value> = serde_json::from_slice(&line[at + 1..]).ok();
+            if reply.as_ref().and_then(|r| r.get("return")).and_then(Value::as_u64) == Some(id) {
+                break;
+            }
+            debug!(path = %p, "qga <- stale sync reply dropped: {}", wire::trace_text(&line));
+        }
+
+        let mut cmd = json!({ "execute": command });
+        match args {
+            Value::Null => {}
+            Value::Object(_) => cmd["arguments"] = args,
+            other => return Err(QmpError::Protocol(format!("{command}: arguments must be a JSON object, not {other}"))),
+        }
+        let cmd = cmd.to_string();
+        debug!(path = %p, "qga -> {cmd}");
+        wr.write_all(format!("{cmd}\n").as_bytes()).await.map_err(write_err)?;
+        loop {
+            let line = next_line(&mut rd, &p).await?.ok_or_else(|| disconnected(&format!("closed before the reply to {command}")))?;
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                return Err(QmpError::Protocol(format!("{command}: undecodable reply from {p}: {}", wire::trace_text(&line))));
+            };
+            match wire::classify(v) {
+                Message::Reply { result: Ok(v), .. } => return Ok(v),
+                Message::Reply { result: Err(e), .. } => {
+                    return Err(QmpError::Command { command: command.to_string(), class: e.class, desc: e.desc })
+                }
+                _ => debug!(path = %p, "qga <- non-reply skipped"),
+            }
+        }
+    }
+}
+
+/// Next non-empty line (leading sentinel bytes kept), `None` at end of stream.
+async fn next_line(rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>, path: &str) -> Result<Option<Vec<u8>>, QmpError> {
+    loop {
+        match wire::read_line(rd, MAX_LINE).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(Line::Data(l))) if l.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Some(Line::Data(l))) => {
+                debug!(%path, "qga <- {}", wire::trace_text(&l));
+                return Ok(Some(l));
+            }
+            Ok(Some(Line::Garbage(n))) => debug!(%path, "qga <- {n}-byte line dropped"),
+            Err(e) => return Err(QmpError::Disconnected { path: path.to_string(), reason: format!("read error: {e}") }),
+        }
+    }
+}
+
+/// Refuses when the socket's server is a `qemu-ga` on this host rather than QEMU's chardev.
+fn refuse_host_agent(stream: &UnixStream, path: &str) -> Result<(), QmpError> {
+    let Ok(pid) = super::peer::peer_pid(stream) else { return Ok(()) };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let name = exe.as_ref().and_then(|e| e.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.starts_with("qemu-ga") {
+        return Err(QmpError::Protocol(format!(
+            "refusing guest-fsfreeze-freeze: the agent at {path} is {name} (pid {pid}) on this host, not in a guest"
+        )));
+    }
+    Ok(())
+}
+
+fn count(command: &str, v: Value) -> Result<u64, QmpError> {
+    v.as_u64().ok_or_else(|| QmpError::Protocol(format!("{command}: expected a count, got {}", short(&v))))
+}
+
+fn short(v: &Value) -> String {
+    wire::trace_text(v.to_string().as_bytes())
+}
+
+/// A fresh id for guest-sync: clock, pid and a counter mixed, kept below 2^53 for JSON.
+fn random_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = t ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x & ((1 << 53) - 1)
 }

@@ -247,7 +247,11 @@ impl Qmp {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(shared.disconnected(shared.lock().closed.as_deref().unwrap_or(""))),
+            Ok(Err(_)) => {
+                // Bind the reason first: the state lock must be released before `_guard` drops.
+                let reason = shared.lock().closed.clone().unwrap_or_default();
+                Err(shared.disconnected(&reason))
+            }
             Err(_) => {
                 debug!(path = %shared.path.display(), "qmp: {command} (id {id}) got no reply within {timeout:?}");
                 Err(QmpError::Timeout { command: command.to_string(), timeout })

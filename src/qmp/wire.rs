@@ -131,6 +131,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Arbitrary JSON, biased towards the keys QMP messages use.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[a-z]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let key = prop_oneof![
+                Just("return"), Just("error"), Just("event"), Just("QMP"), Just("id"), Just("data"),
+                Just("timestamp"), Just("seconds"), Just("microseconds"), Just("class"), Just("desc"), Just("x"),
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(key.prop_map(String::from), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     async fn lines(input: &[u8], max: usize) -> Vec<Line> {
         let mut r = tokio::io::BufReader::with_capacity(4, input);
         let mut out = Vec::new();
@@ -149,6 +172,40 @@ mod tests {
         );
         assert_eq!(lines(b"12345\n", 5).await, vec![Line::Data(b"12345".to_vec())]);
         assert_eq!(lines(b"123456", 5).await, vec![Line::Garbage(6)]);
+    }
+
+    proptest::proptest! {
+        /// Any byte stream splits into the same lines as a plain split on `\n`, long ones
+        /// reported as garbage, without panicking.
+        #[test]
+        fn line_reader_matches_a_plain_split(input in proptest::collection::vec(
+            proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::prelude::any::<u8>()], 0..300),
+            max in 0usize..40) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(lines(&input, max));
+            let mut want = Vec::new();
+            let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            if input.last() == Some(&b'\n') || input.is_empty() {
+                parts.pop();
+            }
+            let n = parts.len();
+            for (i, p) in parts.into_iter().enumerate() {
+                let with_nl = p.len() + usize::from(i + 1 < n || input.last() == Some(&b'\n'));
+                if with_nl > max + 1 || (with_nl == p.len() && p.len() > max) {
+                    want.push(Line::Garbage(with_nl));
+                } else {
+                    let p = if with_nl > p.len() { p.strip_suffix(b"\r").unwrap_or(p) } else { p };
+                    want.push(Line::Data(p.to_vec()));
+                }
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        /// Whatever JSON arrives, classification does not panic.
+        #[test]
+        fn classify_never_panics(v in json_value()) {
+            let _ = classify(v);
+        }
     }
 
     #[test]
