@@ -111,7 +111,7 @@ fn note(ctx: &Ctx, vm: &str, drive: &str, msg: &str) {
 
 /// Resumes a VM and thaws a guest that qsplit left stopped or frozen (daemon killed inside
 /// the window).
-async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
+pub async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
     let (paused, frozen) = ctx.store.read(|s| (s.paused.contains(&vm.name), s.frozen.contains(&vm.name)));
     if paused {
         match qemu::run_status(q, &vm.name).await.as_deref() {

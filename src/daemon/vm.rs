@@ -9,6 +9,7 @@
 use super::{recover, Ctx, VmRt};
 use crate::pair::{Input, State};
 use crate::qmp::{Qmp, QmpEvent};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +74,8 @@ pub async fn run(ctx: Arc<Ctx>, vm: Arc<VmRt>, mut first: Option<Qmp>) {
 }
 
 async fn watch(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, mut rx: tokio::sync::broadcast::Receiver<QmpEvent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut milestones: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::select! {
             _ = q.closed() => return,
@@ -81,6 +84,41 @@ async fn watch(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, mut rx: tokio::sync::bro
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             },
+            _ = tick.tick() => housekeeping(ctx, vm, q, &mut milestones).await,
+        }
+    }
+}
+
+/// Every two seconds: progress milestones (each 25 %) of initial copies, and a retry of any
+/// resume/thaw that is still owed (a guard left recorded after a failed thaw).
+async fn housekeeping(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, milestones: &mut HashMap<String, u64>) {
+    let copying: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Copying).collect();
+    if !copying.is_empty() {
+        if let Ok(jobs) = crate::pair::driver::qemu::jobs(q, &vm.name).await {
+            for p in copying {
+                let Some(j) = jobs.iter().find(|j| j.id == p.mirror_job()) else { continue };
+                if j.total == 0 {
+                    continue;
+                }
+                let pct = (j.current * 100 / j.total) / 25 * 25;
+                let last = milestones.entry(p.mirror_job()).or_insert(0);
+                if pct > *last && pct < 100 {
+                    *last = pct;
+                    ctx.events.note(
+                        "progress",
+                        &p.vm,
+                        Some(&p.drive),
+                        format!("{}: initial copy {pct}% ({} of {} bytes)", p.label(), j.current, j.total),
+                        serde_json::json!({"percent": pct, "done": j.current, "total": j.total}),
+                    );
+                }
+            }
+        }
+    }
+    let owed = ctx.store.read(|s| s.paused.contains(&vm.name) || s.frozen.contains(&vm.name));
+    if owed {
+        if let Ok(_op) = vm.op.try_lock() {
+            recover::guards(ctx, vm, q).await;
         }
     }
 }

@@ -109,7 +109,7 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                 freeze_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
             }
             Err(e) => {
-                ctx.events.note("error", &vm.name, None, format!("vm {}: THAW FAILED: {e}; the daemon keeps retrying", vm.name), json!(null));
+                ctx.events.note("error", &vm.name, None, format!("vm {}: THAW FAILED: {e}; the daemon retries every 2 s", vm.name), json!(null));
                 // The guard stays recorded: recovery (and the next connection) retries the thaw.
             }
         }
@@ -163,11 +163,16 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
 }
 
 async fn thaw(qga: &crate::qmp::Qga) -> Result<(), crate::qmp::QmpError> {
-    // Two tries: a thaw must not be lost to one dropped reply.
-    match qga.fsfreeze_thaw(THAW_TIMEOUT).await {
-        Ok(_) => Ok(()),
-        Err(_) => qga.fsfreeze_thaw(THAW_TIMEOUT).await.map(|_| ()),
+    // A thaw must not be lost to one dropped reply: three tries. If all fail, the guard stays
+    // recorded and the VM's housekeeping retries every two seconds.
+    let mut last = None;
+    for _ in 0..3 {
+        match qga.fsfreeze_thaw(THAW_TIMEOUT).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
     }
+    Err(last.expect("three tries"))
 }
 
 /// Steps 2-5: stop, bitmaps, cancel mirrors, cont. Returns the pause in ms. `cont` is sent
