@@ -1,9 +1,262 @@
-//! One backup cycle for a VM. (Lands with issue 4.)
+//! One backup cycle for a VM: split every pair at one instant (guest frozen when an agent is
+//! attached), archive each split image offline (incremental when the archive holds this disk's
+//! previous set), resync, and report.
+//!
+//! The cycle holds the VM's operation token from start to end, so one cycle runs per VM at a
+//! time and nothing else touches its pairs meanwhile. While archiving, the copier reads only the
+//! split image files; `primary_bytes_read` is what the QEMU process read (its `rchar`) during
+//! that step, so a cycle shows that the VM's own disk was not read.
+//!
+//! Failures leave defined states: a failed split changes nothing (or suspends, see split.rs); a
+//! failed archive step still resyncs the pairs (the archive stays readable: an unfinished set is
+//! cut at the next append); a failed resync suspends that pair with its reason. Pairs found
+//! `split` at the start (a cycle interrupted by a daemon restart) are archived and resynced
+//! first, so the archive's chain of incrementals continues.
 
+use super::hooks::{self, Hooks};
 use crate::api::{ApiError, ErrorKind};
+use crate::archive::{self, WriteOptions};
+use crate::daemon::store::PairRecord;
 use crate::daemon::{Ctx, VmRt};
-use std::path::Path;
+use crate::pair::driver::{resync, split};
+use crate::pair::State;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-pub async fn run(_ctx: &Ctx, vm: &VmRt, _archive: &Path, _freeze: Option<bool>) -> Result<serde_json::Value, ApiError> {
-    Err(ApiError::new(ErrorKind::Internal, format!("vm {}: `qsplit backup` is not built yet", vm.name)))
+/// Where and how a VM's sets are written.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveTarget {
+    pub path: PathBuf,
+    pub capacity: Option<u64>,
+    pub block_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskResult {
+    pub drive: String,
+    pub image: PathBuf,
+    pub archive_set: u64,
+    #[serde(rename = "type")]
+    pub set_type: String,
+    pub reason: Option<String>,
+    pub bytes_archived: u64,
+    pub bytes_read_from_image: u64,
+    pub archive_ms: u64,
+    pub resync_bytes: u64,
+    pub resync_pause_ms: f64,
+    pub resync_full: bool,
+    pub primary_bytes_read: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleResult {
+    pub vm: String,
+    pub archive: PathBuf,
+    pub split_seq: u64,
+    pub time: u64,
+    pub consistency: String,
+    pub freeze_ms: Option<f64>,
+    pub pause_ms: f64,
+    pub freeze_note: Option<String>,
+    pub total_ms: f64,
+    /// Sum over the disks; null when the QEMU process could not be measured.
+    pub primary_bytes_read: Option<u64>,
+    pub disks: Vec<DiskResult>,
+    /// Disks archived and resynced first because a previous cycle was interrupted.
+    pub recovered: Vec<DiskResult>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
+/// `rchar` of the QEMU process behind the VM's QMP connection.
+fn qemu_rchar(vm: &VmRt) -> Option<u64> {
+    let pid = vm.connected()?.peer_pid()?;
+    crate::qmp::peer::process_rchar(pid).ok()
+}
+
+/// Archives one split image (blocking copier on a thread) and measures QEMU's reads meanwhile.
+async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Result<(archive::WriteReport, Option<u64>), ApiError> {
+    let opts = WriteOptions {
+        image: p.target.clone(),
+        archive: target.path.clone(),
+        full: false,
+        bitmap: None,
+        disk: None,
+        label: Some(format!("qsplit backup of vm {} drive {} split {}", p.vm, p.drive, p.split_seq)),
+        capacity: target.capacity,
+        block_size: target.block_size,
+        progress: false,
+    };
+    let before = qemu_rchar(vm);
+    let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{}: archiving {} into {}: {e:#}", p.label(), p.target.display(), target.path.display())))?;
+    let after = qemu_rchar(vm);
+    Ok((rep, before.zip(after).map(|(b, a)| a.saturating_sub(b))))
+}
+
+/// Whether the archive already holds a set of this disk from split `seq`.
+fn archived(path: &Path, p: &PairRecord, seq: u64) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    archive::list(path)
+        .map(|sets| sets.iter().any(|s| s.vm.as_deref() == Some(&p.vm) && s.drive.as_deref() == Some(&p.drive) && s.split_seq == Some(seq)))
+        .unwrap_or(false)
+}
+
+fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, rchar: Option<u64>) -> DiskResult {
+    DiskResult {
+        drive: p.drive.clone(),
+        image: p.target.clone(),
+        archive_set: rep.map(|r| r.set).unwrap_or(0),
+        set_type: rep.map(|r| serde_json::to_value(r.set_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).unwrap_or_else(|| "none".into()),
+        reason: rep.and_then(|r| r.reason.clone()),
+        bytes_archived: rep.map(|r| r.bytes_data).unwrap_or(0),
+        bytes_read_from_image: rep.map(|r| r.bytes_read).unwrap_or(0),
+        archive_ms: ms,
+        resync_bytes: 0,
+        resync_pause_ms: 0.0,
+        resync_full: false,
+        primary_bytes_read: rchar,
+    }
+}
+
+/// Archives then resyncs pairs left `split` by an interrupted cycle.
+async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Result<Vec<DiskResult>, ApiError> {
+    let left: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Split).collect();
+    let mut out = vec![];
+    for p in left {
+        ctx.events.note("backup", &vm.name, Some(&p.drive), format!("{}: finishing an interrupted cycle (split {})", p.label(), p.split_seq), Value::Null);
+        let mut r = if archived(&target.path, &p, p.split_seq) {
+            disk_result(&p, None, 0, None)
+        } else {
+            let t = Instant::now();
+            let (rep, rchar) = archive_one(vm, &p, target).await?;
+            disk_result(&p, Some(&rep), t.elapsed().as_millis() as u64, rchar)
+        };
+        let q = vm.qmp()?;
+        let rs = resync::resync_one(ctx, vm, &q, &p, resync::DEFAULT_MAX_PAUSE_MS, false).await?;
+        r.resync_bytes = rs.bytes_copied;
+        r.resync_pause_ms = rs.pause_ms;
+        r.resync_full = rs.full;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Runs a whole cycle. The caller must not hold the VM's operation token.
+pub async fn run_cycle(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget, freeze: Option<bool>, hooks: &Hooks) -> Result<CycleResult, ApiError> {
+    let _op = vm.op.lock().await;
+    let t0 = Instant::now();
+    let recovered = finish_interrupted(ctx, vm, target).await?;
+    let pairs = ctx.store.pairs_of(&vm.name);
+    if pairs.is_empty() {
+        return Err(ApiError::bad(format!("vm {} has no pairs to back up (create them with `qsplit pair create`)", vm.name)));
+    }
+    if let Some(p) = pairs.iter().find(|p| p.state != State::Duplex) {
+        return Err(ApiError::state(format!(
+            "{} is {}, not duplex; {}",
+            p.label(),
+            p.state,
+            match p.state {
+                State::Suspended => format!("run `qsplit pair resync {} {}` first", p.vm, p.drive),
+                _ => "wait for it (`qsplit pair wait ... --state duplex`)".into(),
+            }
+        )));
+    }
+    ctx.events.note("backup", &vm.name, None, format!("vm {}: backup cycle started", vm.name), json!({"archive": target.path}));
+    hooks::run(ctx, vm, hooks, hooks::Phase::PreSplit).await?;
+    let sp = split::split(ctx, vm, &[], freeze).await;
+    // The post hook runs whatever the split did (the guest is thawed by now).
+    let post = hooks::run(ctx, vm, hooks, hooks::Phase::PostThaw).await;
+    let sp = sp?;
+    if let Err(e) = post {
+        ctx.events.note("error", &vm.name, None, format!("vm {}: post-thaw hook failed: {}", vm.name, e.message), Value::Null);
+    }
+    ctx.events.note("backup", &vm.name, None, format!("vm {}: split {} done, archiving", vm.name, sp.split_seq), Value::Null);
+
+    // Archive every split image, then resync every pair, whatever the archive step did.
+    let split_pairs = ctx.store.pairs_of(&vm.name);
+    let mut disks = vec![];
+    let mut archive_err = None;
+    for p in &split_pairs {
+        let t = Instant::now();
+        match archive_one(vm, p, target).await {
+            Ok((rep, rchar)) => {
+                ctx.events.note(
+                    "backup",
+                    &vm.name,
+                    Some(&p.drive),
+                    format!("{}: archived split {} as set {} ({} bytes of data)", p.label(), p.split_seq, rep.set, rep.bytes_data),
+                    serde_json::to_value(&rep).unwrap_or_default(),
+                );
+                disks.push(disk_result(p, Some(&rep), t.elapsed().as_millis() as u64, rchar));
+            }
+            Err(e) => {
+                ctx.events.note("error", &vm.name, Some(&p.drive), e.message.clone(), Value::Null);
+                archive_err = Some(e);
+                break;
+            }
+        }
+    }
+    crate::daemon::crash_point(ctx, "backup-archived");
+    let q = vm.qmp()?;
+    for p in &split_pairs {
+        let p = ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone());
+        let rs = resync::resync_one(ctx, vm, &q, &p, resync::DEFAULT_MAX_PAUSE_MS, false).await?;
+        if let Some(d) = disks.iter_mut().find(|d| d.drive == p.drive) {
+            d.resync_bytes = rs.bytes_copied;
+            d.resync_pause_ms = rs.pause_ms;
+            d.resync_full = rs.full;
+        }
+    }
+    if let Some(e) = archive_err {
+        return Err(ApiError::new(
+            e.kind,
+            format!("{}; the pairs were resynced and are duplex again; the archive's earlier sets are intact (an unfinished set is cut at the next append); run `qsplit backup {}` again", e.message, vm.name),
+        ));
+    }
+    let primary = disks.iter().try_fold(0u64, |acc, d| d.primary_bytes_read.map(|x| acc + x));
+    let res = CycleResult {
+        vm: vm.name.clone(),
+        archive: target.path.clone(),
+        split_seq: sp.split_seq,
+        time: sp.time,
+        consistency: sp.consistency,
+        freeze_ms: sp.freeze_ms,
+        pause_ms: sp.pause_ms,
+        freeze_note: sp.freeze_note,
+        total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        primary_bytes_read: primary,
+        disks,
+        recovered,
+    };
+    ctx.events.note(
+        "backup",
+        &vm.name,
+        None,
+        format!("vm {}: backup cycle done: split {}, {} disks, {:.0} ms", vm.name, res.split_seq, res.disks.len(), res.total_ms),
+        serde_json::to_value(&res).unwrap_or_default(),
+    );
+    Ok(res)
+}
+
+/// `qsplit backup NAME --archive PATH`: settings from the config file when it names this
+/// archive path or VM.
+pub async fn run(ctx: &Ctx, vm: &VmRt, archive_path: &Path, freeze: Option<bool>) -> Result<Value, ApiError> {
+    let (mut target, hooks) = super::schedule::settings_for(&vm.name);
+    if target.path != archive_path {
+        target = ArchiveTarget { path: archive_path.to_path_buf(), ..Default::default() };
+        if let Some(t) = super::schedule::archive_by_path(archive_path) {
+            target = t;
+        }
+    }
+    let r = run_cycle(ctx, vm, &target, freeze, &hooks).await?;
+    serde_json::to_value(r).map_err(internal)
 }
