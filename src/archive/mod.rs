@@ -9,3 +9,8 @@
 pub mod format;
 pub mod tape;
 pub mod volume;
+pub mod scan;
+pub mod copy;
+pub mod writer;
+
+pub use writer::{write_image, WriteOptions, WriteReport};

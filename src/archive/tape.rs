@@ -84,14 +84,30 @@ impl<W: Write> TapeWriter<W> {
             return Err(TapeError::EndOfMedia);
         }
         let lenb = (len as u32).to_le_bytes();
-        self.inner.write_all(&lenb)?;
-        for p in parts {
-            self.inner.write_all(p)?;
+        let pad: &[u8] = if len & 1 == 1 { &[0] } else { &[] };
+        // one vectored write for the whole framed record (no copy into a buffer)
+        let mut iov: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 3);
+        iov.push(io::IoSlice::new(&lenb));
+        iov.extend(parts.iter().map(|p| io::IoSlice::new(p)));
+        iov.push(io::IoSlice::new(pad));
+        iov.push(io::IoSlice::new(&lenb));
+        let total = framed_len(len) as usize;
+        let mut done = match self.inner.write_vectored(&iov) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if done < total {
+            // finish a short write part by part
+            for s in [&lenb[..]].into_iter().chain(parts.iter().copied()).chain([pad, &lenb[..]]) {
+                if done >= s.len() {
+                    done -= s.len();
+                    continue;
+                }
+                self.inner.write_all(&s[done..])?;
+                done = 0;
+            }
         }
-        if len & 1 == 1 {
-            self.inner.write_all(&[0])?;
-        }
-        self.inner.write_all(&lenb)?;
         self.pos += framed_len(len);
         Ok(self.in_early_warning())
     }
@@ -176,6 +192,13 @@ impl<R: Read + Seek> TapeReader<R> {
     }
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// Repositions the reader at byte `pos` (a boundary previously reported).
+    pub fn seek_to(&mut self, pos: u64) -> Result<(), TapeReadError> {
+        self.inner.seek(SeekFrom::Start(pos)).map_err(|source| TapeReadError::Io { pos, source })?;
+        self.pos = pos;
+        Ok(())
     }
 
     /// Reads the next item. For a record, up to `want` bytes of its body are placed in `buf`

@@ -54,14 +54,13 @@ pub struct FileChanger {
 }
 
 impl Changer for FileChanger {
-    type W = io::BufWriter<std::fs::File>;
+    /// Unbuffered: records go out in one vectored write each.
+    type W = std::fs::File;
     fn create(&mut self, n: u32) -> io::Result<Self::W> {
         let p = volume_path(&self.base, n);
-        let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
-        Ok(io::BufWriter::with_capacity(1 << 20, f))
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&p)
     }
-    fn close(&mut self, _n: u32, w: Self::W) -> io::Result<()> {
-        let f = w.into_inner().map_err(|e| e.into_error())?;
+    fn close(&mut self, _n: u32, f: Self::W) -> io::Result<()> {
         f.sync_all()
     }
 }
@@ -96,6 +95,10 @@ impl<C: Changer> VolumeWriter<C> {
 
     pub fn volume(&self) -> u32 {
         self.volume
+    }
+
+    pub fn archive_id(&self) -> [u8; 16] {
+        self.label.archive_id
     }
 
     fn write_label(&mut self) -> Result<(), TapeError> {
@@ -198,6 +201,8 @@ pub trait Source {
     type R: Read + Seek;
     /// Volume `n`, or `None` when it does not exist.
     fn open(&mut self, n: u32) -> io::Result<Option<(Self::R, PathBuf)>>;
+    /// Does volume `n` exist?
+    fn exists(&mut self, n: u32) -> bool;
 }
 
 pub struct FileSource {
@@ -213,6 +218,9 @@ impl Source for FileSource {
             Err(e) if n > 1 && e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+    fn exists(&mut self, n: u32) -> bool {
+        volume_path(&self.base, n).exists()
     }
 }
 
@@ -273,6 +281,24 @@ impl<S: Source> VolumeReader<S> {
         vr.label = vr.read_label(None)?;
         vr.max_len = vr.label.block_size;
         Ok(vr)
+    }
+
+    /// Re-reads the record at `pos` of the current volume in full (after a partial read).
+    pub fn reread(&mut self, pos: u64, buf: &mut Vec<u8>) -> Result<(), VolError> {
+        let max = self.max_len as usize;
+        let here = self.tape.pos();
+        self.tape.seek_to(pos).map_err(|e| self.tape_err(e))?;
+        self.tape.next(buf, max).map_err(|e| self.tape_err(e))?;
+        self.tape.seek_to(here).map_err(|e| self.tape_err(e))?;
+        Ok(())
+    }
+
+    pub fn volume(&self) -> u32 {
+        self.volume
+    }
+
+    pub fn volume_exists(&mut self, n: u32) -> bool {
+        self.src.exists(n)
     }
 
     pub fn loc(&self) -> Loc {
@@ -416,6 +442,9 @@ pub(crate) mod mem {
         type R = Cursor<Vec<u8>>;
         fn open(&mut self, n: u32) -> io::Result<Option<(Cursor<Vec<u8>>, PathBuf)>> {
             Ok(self.0.get(n as usize - 1).map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
+        }
+        fn exists(&mut self, n: u32) -> bool {
+            n as usize <= self.0.len()
         }
     }
 }

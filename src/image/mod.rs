@@ -171,6 +171,14 @@ impl Image {
         Ok(())
     }
 
+    /// Appends the dirty ranges of bitmap `b` within `[start, end)` to `out` (merged).
+    pub fn dirty(&self, b: &bitmap::Bitmap, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<(), ImageError> {
+        if let Some(p) = &b.problem {
+            return Err(self.err(format!("bitmap {}: {p}", b.name)));
+        }
+        b.dirty(self.bytes(), self.cluster_size(), start, end.min(self.size), out).map_err(|m| self.err(format!("bitmap {}: {m}", b.name)))
+    }
+
     /// The stored bytes at host offset `host` (a `Seg::Data` extent's), clipped to the file.
     /// For a raw file the host offset is the guest offset; bytes past the end read as absent.
     pub fn data(&self, host: u64, len: u64) -> &[u8] {
