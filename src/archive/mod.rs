@@ -14,3 +14,10 @@ pub mod copy;
 pub mod writer;
 
 pub use writer::{write_image, WriteOptions, WriteReport};
+pub mod replay;
+pub mod restore;
+pub mod verify;
+
+pub use restore::{restore, OutFormat, RestoreOptions, RestoreReport};
+pub use scan::SetInfo;
+pub use verify::{list, verify, VerifyReport};

@@ -82,8 +82,10 @@ pub struct SetInfo {
 pub trait Visitor {
     /// Should the data records of this set be read whole, CRC-checked and passed to `record`?
     fn wants(&mut self, set: u64, h: &SetHeader) -> bool;
-    /// A CRC-checked data or zero record of a wanted set. An error is reported as damage here.
-    fn record(&mut self, set: u64, hdr: &RecHdr, payload: &[u8]) -> Result<(), String>;
+    /// A CRC-checked data or zero record of a wanted set: `rec` holds the whole record (header
+    /// and payload); the visitor may take the buffer (swapping in an empty one). An error is
+    /// reported as damage here.
+    fn record(&mut self, set: u64, hdr: &RecHdr, rec: &mut Vec<u8>) -> Result<(), String>;
     /// A complete set (header to tape mark) with its chunk digests.
     fn set_done(&mut self, info: &SetInfo, digests: &[[u8; 32]]) -> Result<(), String>;
 }
@@ -94,7 +96,7 @@ impl Visitor for Headers {
     fn wants(&mut self, _: u64, _: &SetHeader) -> bool {
         false
     }
-    fn record(&mut self, _: u64, _: &RecHdr, _: &[u8]) -> Result<(), String> {
+    fn record(&mut self, _: u64, _: &RecHdr, _: &mut Vec<u8>) -> Result<(), String> {
         Ok(())
     }
     fn set_done(&mut self, _: &SetInfo, _: &[[u8; 32]]) -> Result<(), String> {
@@ -256,9 +258,9 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                         } else if hdr.kind == Kind::Data && len as u64 != HDR_LEN as u64 + hdr.b {
                             out.damage.push(dmg(format!("data record of {len} bytes for an extent of {}", hdr.b)));
                         } else if c.read_data {
-                            match RecHdr::decode(&buf) {
-                                Ok((h, p)) => {
-                                    if let Err(w) = v.record(c.info.set, &h, p) {
+                            match RecHdr::decode(&buf).map(|(h, _)| h) {
+                                Ok(h) => {
+                                    if let Err(w) = v.record(c.info.set, &h, &mut buf) {
                                         out.damage.push(dmg(w));
                                     }
                                 }
