@@ -199,6 +199,12 @@ fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(b);
 }
 
+/// Pads a payload with zeros to a multiple of 8 bytes, so no record needs a SIMH pad byte
+/// (which no CRC would cover).
+fn pad8(v: &mut Vec<u8>) {
+    v.resize(v.len().next_multiple_of(8), 0);
+}
+
 /// Volume label: the only record of the first tape file of every volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {
@@ -234,6 +240,7 @@ impl Label {
             ),
         };
         put_str(&mut v, &text);
+        pad8(&mut v);
         v
     }
     pub fn decode(p: &[u8]) -> Result<Label, FormatError> {
@@ -313,6 +320,7 @@ impl SetHeader {
         for s in [&self.disk, &self.vm, &self.drive, &self.label, &self.source, &self.bitmap, &self.note] {
             put_str(&mut v, s);
         }
+        pad8(&mut v);
         v
     }
     pub fn decode(p: &[u8]) -> Result<SetHeader, FormatError> {

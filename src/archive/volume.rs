@@ -13,7 +13,7 @@
 
 use super::format::{Kind, Label, RecHdr, HDR_LEN};
 use super::tape::{framed_len, TapeError, TapeItem, TapeReadError, TapeReader, TapeWriter};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Path of volume `n` (1-based) of the archive at `base`.
@@ -387,6 +387,9 @@ impl<S: Source> VolumeReader<S> {
                     if hdr.kind != Kind::EndOfVolume {
                         return Ok(Item::Record { hdr, len, loc });
                     }
+                    if buf.len() < len as usize {
+                        self.reread(loc.pos, buf)?;
+                    }
                     RecHdr::decode(buf).map_err(|e| err(loc.clone(), format!("end-of-volume record: {e}")))?;
                     let m1 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
                     let m2 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
@@ -404,12 +407,23 @@ impl<S: Source> VolumeReader<S> {
     }
 }
 
+/// Volumes held in memory (tests and the fuzz target).
+pub struct MemSource(pub Vec<Vec<u8>>);
+impl Source for MemSource {
+    type R = Cursor<Vec<u8>>;
+    fn open(&mut self, n: u32) -> io::Result<Option<(Cursor<Vec<u8>>, PathBuf)>> {
+        Ok((n as usize).checked_sub(1).and_then(|i| self.0.get(i)).map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
+    }
+    fn exists(&mut self, n: u32) -> bool {
+        n as usize <= self.0.len()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod mem {
     //! In-memory cartridges for tests.
     use super::*;
     use std::cell::RefCell;
-    use std::io::Cursor;
     use std::rc::Rc;
 
     pub type Shelf = Rc<RefCell<Vec<Vec<u8>>>>;
@@ -435,16 +449,6 @@ pub(crate) mod mem {
         }
         fn close(&mut self, _n: u32, _w: MemW) -> io::Result<()> {
             Ok(())
-        }
-    }
-    pub struct MemSource(pub Vec<Vec<u8>>);
-    impl Source for MemSource {
-        type R = Cursor<Vec<u8>>;
-        fn open(&mut self, n: u32) -> io::Result<Option<(Cursor<Vec<u8>>, PathBuf)>> {
-            Ok(self.0.get(n as usize - 1).map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
-        }
-        fn exists(&mut self, n: u32) -> bool {
-            n as usize <= self.0.len()
         }
     }
 }

@@ -152,6 +152,8 @@ fn random_id() -> [u8; 16] {
 /// An archive opened for appending: where to write and what is already there.
 struct Opened {
     vw: VolumeWriter<FileChanger>,
+    /// The archive's record size (fixed at creation).
+    block: u32,
     sets: Vec<SetInfo>,
     cut: Option<String>,
 }
@@ -166,7 +168,7 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
         let _ = std::fs::remove_file(path); // an empty file left by an earlier attempt
         let label = Label { archive_id: random_id(), volume: 1, block_size: block, capacity: o.capacity.unwrap_or(0), continues_set: 0, continues_seq: 0, created: now() };
         let vw = VolumeWriter::create(FileChanger { base: path.clone() }, label).with_context(|| format!("cannot create {}", path.display()))?;
-        return Ok(Opened { vw, sets: vec![], cut: None });
+        return Ok(Opened { vw, block, sets: vec![], cut: None });
     }
     let s = scan::scan(FileSource { base: path.clone() }, &mut Headers, true).map_err(|d| anyhow::anyhow!("{d}"))?;
     if o.block_size.is_some_and(|b| b != s.label.block_size) {
@@ -194,7 +196,7 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(s.end.pos))?;
     let label = Label { volume: s.end.volume, ..s.label.clone() };
     let vw = VolumeWriter::append(FileChanger { base: path.clone() }, f, s.end.pos, label);
-    Ok(Opened { vw, sets: s.sets, cut })
+    Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut })
 }
 
 /// Appends one set made from `o.image` to `o.archive`.
@@ -207,6 +209,7 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let img = Image::open(&o.image)?;
     let ctx = || format!("archive {}", o.archive.display());
     let mut op = open_for_append(o, block).with_context(ctx)?;
+    let block = op.block;
     let split = img.bitmaps().iter().filter(|b| b.problem.is_none() || b.in_use).find_map(|b| identity::parse_id(&b.name));
     let file_name = o.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let disk = o.disk.clone().or_else(|| split.as_ref().map(|s| s.disk())).unwrap_or(file_name.clone());
