@@ -111,15 +111,16 @@ pub fn plan<'a>(
     if since.is_empty() {
         return full_because("the image has no qsplit.since bitmap".into());
     }
-    let Some(base) = latest else {
-        return full_because(format!("the archive has no earlier set for disk '{disk}'"));
-    };
-    let Some(&(m, b)) = since.iter().find(|(m, _)| Some(*m) == base.split_seq).or(since.iter().max_by_key(|(m, _)| *m)) else {
+    let matching = since.iter().find(|(m, _)| latest.is_some_and(|l| l.split_seq == Some(*m)));
+    let Some(&(m, b)) = matching.or(since.iter().max_by_key(|(m, _)| *m)) else {
         return full_because("no usable bitmap".into());
     };
     if m == 0 {
         return full_because("bitmap qsplit.since:0 covers everything since the pair was created".into());
     }
+    let Some(base) = latest else {
+        return full_because(format!("the archive has no earlier set for disk '{disk}'"));
+    };
     if let Some(p) = &b.problem {
         return full_because(format!("bitmap {} cannot be trusted: {p}", b.name));
     }
