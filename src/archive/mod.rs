@@ -21,3 +21,6 @@ pub mod verify;
 pub use restore::{restore, OutFormat, RestoreOptions, RestoreReport};
 pub use scan::SetInfo;
 pub use verify::{list, verify, VerifyReport};
+
+#[cfg(test)]
+mod tests;
