@@ -1,1 +1,26 @@
-//! archive (placeholder until its issue lands).
+//! Tape-emulating archives: split images streamed into SIMH `.tap` cartridges as backup sets.
+//!
+//! Layers, bottom up: [`tape`] (SIMH records and marks on any Read/Write, capacity, early
+//! warning), [`volume`] (labels, spanning over `NAME.tap`, `NAME.002.tap`, ...), [`format`]
+//! (the record codec: versioned magic, CRC32C per record, reserved bytes), then [`scan`] (the
+//! set-level reader), [`writer`], [`replay`] (verify and restore). The format is documented in
+//! docs/archive-format.md. Everything here is blocking; callers in async code use a thread.
+
+pub mod format;
+pub mod tape;
+pub mod volume;
+pub mod scan;
+pub mod copy;
+pub mod writer;
+
+pub use writer::{write_image, WriteOptions, WriteReport};
+pub mod replay;
+pub mod restore;
+pub mod verify;
+
+pub use restore::{restore, OutFormat, RestoreOptions, RestoreReport};
+pub use scan::SetInfo;
+pub use verify::{list, verify, VerifyReport};
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,268 @@
-//! image (placeholder until its issue lands).
+//! Reading images for the archive: raw files and qcow2 (L1/L2 mapping, persistent bitmaps).
+//!
+//! An [`Image`] maps the whole host file read-only with memmap2 (address space only) and hands
+//! out guest extents as holes, zeros or data slices. Memory stays bounded because callers walk
+//! the guest in windows and [`Image::release`] each window's pages (`MADV_DONTNEED`) when done:
+//! file-backed pages count in RSS only while mapped in.
+//!
+//! Limit (documented): the mapping is only safe while nobody truncates or rewrites the file.
+//! qsplit archives closed split images (QEMU has closed them; qcow2 images whose dirty bit is
+//! set are refused). A raw file truncated by someone else while we read it would make the
+//! process die of SIGBUS.
+
+pub mod bitmap;
+pub mod identity;
+pub mod qcow2;
+pub mod raw;
+
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// How a guest range reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg {
+    /// Not allocated: reads as zeros, nothing stored.
+    Hole,
+    /// Stored as zeros (qcow2 zero cluster).
+    Zero,
+    /// Stored data at this host offset (contiguous for the extent's length).
+    Data(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub start: u64,
+    pub len: u64,
+    pub seg: Seg,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("image {}: {msg}", path.display())]
+pub struct ImageError {
+    pub path: PathBuf,
+    pub msg: String,
+}
+
+enum Kind {
+    Raw,
+    Qcow2 { hdr: qcow2::Header, l1: Vec<u64> },
+}
+
+pub struct Image {
+    path: PathBuf,
+    file: File,
+    map: Option<Mmap>,
+    kind: Kind,
+    size: u64,
+    bitmaps: Vec<bitmap::Bitmap>,
+}
+
+impl Image {
+    /// Opens `path` read-only, detecting qcow2 by its magic (anything else is raw).
+    pub fn open(path: &Path) -> Result<Image, ImageError> {
+        let e = |msg: String| ImageError { path: path.to_path_buf(), msg };
+        let file = File::open(path).map_err(|x| e(format!("cannot open: {x}")))?;
+        let len = file.metadata().map_err(|x| e(x.to_string()))?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is read-only and private to this process; qsplit archives
+            // closed split images that nothing writes or truncates while we read them (qcow2
+            // images still open in QEMU carry the dirty bit and are refused below). If another
+            // process truncated the file anyway, reads would fault (SIGBUS), not return
+            // inconsistent Rust values. Pages are released window by window (`release`).
+            Some(unsafe { Mmap::map(&file) }.map_err(|x| e(format!("cannot map: {x}")))?)
+        };
+        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let mut img = Image { path: path.to_path_buf(), file, map: None, kind: Kind::Raw, size: len, bitmaps: vec![] };
+        if bytes.starts_with(&qcow2::MAGIC) {
+            let hdr = qcow2::parse_header(bytes).map_err(e)?;
+            let l1 = (0..hdr.l1_size as usize)
+                .map(|i| qcow2::be64(bytes, hdr.l1_offset as usize + i * 8).unwrap_or(0))
+                .collect::<Vec<_>>();
+            if let Some((o, l)) = hdr.bitmaps_ext {
+                img.bitmaps = bitmap::parse_directory(bytes, &bytes[o..o + l], hdr.cluster_size(), hdr.size, hdr.autoclear & 1 != 0)
+                    .map_err(e)?;
+            }
+            img.size = hdr.size;
+            img.kind = Kind::Qcow2 { hdr, l1 };
+        }
+        img.map = map;
+        Ok(img)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn virtual_size(&self) -> u64 {
+        self.size
+    }
+    pub fn format(&self) -> &'static str {
+        match self.kind {
+            Kind::Raw => "raw",
+            Kind::Qcow2 { .. } => "qcow2",
+        }
+    }
+    /// Allocation granularity: the qcow2 cluster size, or 64 KiB for raw files.
+    pub fn cluster_size(&self) -> u64 {
+        match &self.kind {
+            Kind::Raw => 65536,
+            Kind::Qcow2 { hdr, .. } => hdr.cluster_size(),
+        }
+    }
+    /// The persistent bitmaps stored in the image (qcow2 only).
+    pub fn bitmaps(&self) -> &[bitmap::Bitmap] {
+        &self.bitmaps
+    }
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    fn err(&self, msg: String) -> ImageError {
+        ImageError { path: self.path.clone(), msg }
+    }
+
+    /// Appends the extents covering `[start, end)` (end clipped to the virtual size) to `out`,
+    /// adjacent extents of the same kind merged. Reads only metadata.
+    pub fn extents(&self, start: u64, end: u64, out: &mut Vec<Extent>) -> Result<(), ImageError> {
+        let end = end.min(self.size);
+        if start >= end {
+            return Ok(());
+        }
+        match &self.kind {
+            Kind::Raw => raw::extents(&self.file, start, end, out).map_err(|x| self.err(format!("SEEK_DATA/SEEK_HOLE failed: {x}"))),
+            Kind::Qcow2 { hdr, l1 } => self.qcow2_extents(hdr, l1, start, end, out),
+        }
+    }
+
+    fn qcow2_extents(&self, hdr: &qcow2::Header, l1: &[u64], start: u64, end: u64, out: &mut Vec<Extent>) -> Result<(), ImageError> {
+        let cs = hdr.cluster_size();
+        let n = hdr.l2_entries();
+        let f = self.bytes();
+        let flen = f.len() as u64;
+        let mut g = start / cs;
+        let last = end.div_ceil(cs);
+        while g < last {
+            let l1e = l1[(g / n) as usize] & qcow2::OFFSET_MASK;
+            let table_end = ((g / n + 1) * n).min(last);
+            if l1e == 0 {
+                push(out, g * cs, table_end * cs, Seg::Hole, start, end);
+                g = table_end;
+                continue;
+            }
+            if l1e % cs != 0 || l1e + cs > flen {
+                return Err(self.err(format!("L1 entry {} points outside the file", g / n)));
+            }
+            for gi in g..table_end {
+                let o = (l1e + (gi % n) * 8) as usize;
+                let entry = qcow2::be64(f, o).unwrap_or(0);
+                let seg = match qcow2::decode_l2(entry, cs, flen).map_err(|m| self.err(m))? {
+                    qcow2::Cluster::Unallocated => Seg::Hole,
+                    qcow2::Cluster::Zero => Seg::Zero,
+                    qcow2::Cluster::Data(h) => Seg::Data(h),
+                };
+                push(out, gi * cs, (gi + 1) * cs, seg, start, end);
+            }
+            // the L2 table's pages are not needed until the next window
+            self.release(l1e + (g % n) * 8, (table_end - g) * 8);
+            g = table_end;
+        }
+        Ok(())
+    }
+
+    /// Appends the dirty ranges of bitmap `b` within `[start, end)` to `out` (merged).
+    pub fn dirty(&self, b: &bitmap::Bitmap, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<(), ImageError> {
+        if let Some(p) = &b.problem {
+            return Err(self.err(format!("bitmap {}: {p}", b.name)));
+        }
+        b.dirty(self.bytes(), self.cluster_size(), start, end.min(self.size), out).map_err(|m| self.err(format!("bitmap {}: {m}", b.name)))
+    }
+
+    /// The stored bytes at host offset `host` (a `Seg::Data` extent's), clipped to the file.
+    /// For a raw file the host offset is the guest offset; bytes past the end read as absent.
+    pub fn data(&self, host: u64, len: u64) -> &[u8] {
+        let f = self.bytes();
+        let s = (host as usize).min(f.len());
+        let e = host.saturating_add(len).min(f.len() as u64) as usize;
+        &f[s..e]
+    }
+
+    /// Asks the kernel to read ahead and map `[host, host+len)` (MADV_POPULATE_READ, falling
+    /// back to MADV_WILLNEED); errors are ignored (advice only).
+    pub fn prefetch(&self, host: u64, len: u64) {
+        self.advise(host, len, 22 /* MADV_POPULATE_READ */, Some(libc::MADV_WILLNEED));
+    }
+
+    /// Drops this process's mapping of `[host, host+len)` (MADV_DONTNEED): the page cache keeps
+    /// the data, our RSS does not.
+    pub fn release(&self, host: u64, len: u64) {
+        self.advise(host, len, libc::MADV_DONTNEED, None);
+    }
+
+    fn advise(&self, host: u64, len: u64, advice: i32, fallback: Option<i32>) {
+        let Some(m) = &self.map else { return };
+        let start = (host & !4095) as usize;
+        let end = host.saturating_add(len).min(m.len() as u64) as usize;
+        if start >= end {
+            return;
+        }
+        // SAFETY: the range lies inside our own read-only file mapping; MADV_DONTNEED on a
+        // file-backed mapping only drops page-table entries (later reads fault the unchanged
+        // file data back in), and the populate/willneed advice only prefetches.
+        let r = unsafe { libc::madvise(m.as_ptr().add(start) as *mut libc::c_void, end - start, advice) };
+        if r != 0 {
+            if let Some(fb) = fallback {
+                // SAFETY: as above.
+                unsafe { libc::madvise(m.as_ptr().add(start) as *mut libc::c_void, end - start, fb) };
+            }
+        }
+    }
+}
+
+/// Pushes `[s, e)` clipped to `[lo, hi)`, merging with the previous extent when contiguous.
+pub(crate) fn push(out: &mut Vec<Extent>, s: u64, e: u64, seg: Seg, lo: u64, hi: u64) {
+    let (s, e) = (s.max(lo), e.min(hi));
+    if s >= e {
+        return;
+    }
+    if let Some(l) = out.last_mut() {
+        if l.start + l.len == s {
+            let merge = match (l.seg, seg) {
+                (Seg::Hole, Seg::Hole) | (Seg::Zero, Seg::Zero) => true,
+                (Seg::Data(a), Seg::Data(b)) => a + l.len == b,
+                _ => false,
+            };
+            if merge {
+                l.len += e - s;
+                return;
+            }
+        }
+    }
+    out.push(Extent { start: s, len: e - s, seg });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_merges_only_contiguous_like_extents() {
+        let mut v = vec![];
+        push(&mut v, 0, 10, Seg::Hole, 0, 100);
+        push(&mut v, 10, 20, Seg::Hole, 0, 100);
+        push(&mut v, 20, 30, Seg::Data(1000), 0, 100);
+        push(&mut v, 30, 40, Seg::Data(1010), 0, 100);
+        push(&mut v, 40, 50, Seg::Data(5000), 0, 100);
+        push(&mut v, 50, 200, Seg::Zero, 0, 100);
+        assert_eq!(
+            v,
+            vec![
+                Extent { start: 0, len: 20, seg: Seg::Hole },
+                Extent { start: 20, len: 20, seg: Seg::Data(1000) },
+                Extent { start: 40, len: 10, seg: Seg::Data(5000) },
+                Extent { start: 50, len: 50, seg: Seg::Zero },
+            ]
+        );
+    }
+}

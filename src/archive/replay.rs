@@ -1,0 +1,383 @@
+//! Replaying sets: rebuilds images from records and checks them against the chunk digests.
+//! `verify` and `restore` are both a walk ([`super::scan`]) driving this engine.
+//!
+//! A full set is checked by hashing its records as they stream by (gaps are zeros), optionally
+//! writing them into a fresh sparse file. An incremental set needs its base's image: it is
+//! applied onto that file (data written, zero ranges punched), then every chunk it touched is
+//! re-hashed from the file and every other chunk's digest must equal the base's. By induction
+//! the file then holds exactly the image each set's digests describe.
+//!
+//! Work is split in two threads: the walker reads and CRC-checks records and hands whole
+//! record buffers (no copy) over a bounded channel to the applier, which writes and hashes.
+//! Memory: at most ~20 record buffers in flight, one digest list per disk being replayed.
+
+use super::copy::zero_digest;
+use super::format::{Kind, RecHdr, SetHeader, SetType, HDR_LEN};
+use super::scan::Visitor;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+/// Largest chunk count accepted from an archive (qsplit writes at most 65536).
+const MAX_CHUNKS: u64 = 1 << 20;
+
+/// Streaming chunk hasher over ascending ranges; gaps read as zeros.
+struct Stream {
+    chunk: u64,
+    size: u64,
+    pos: u64,
+    h: Option<blake3::Hasher>,
+    zeros: u64,
+    out: Vec<[u8; 32]>,
+    zero_full: [u8; 32],
+}
+
+impl Stream {
+    fn new(chunk: u64, size: u64) -> Stream {
+        Stream { chunk, size, pos: 0, h: None, zeros: 0, out: Vec::new(), zero_full: zero_digest(chunk) }
+    }
+    fn chunk_end(&self) -> u64 {
+        ((self.pos / self.chunk + 1) * self.chunk).min(self.size)
+    }
+    fn finish_chunk(&mut self, len: u64) {
+        let d = match self.h.take() {
+            None if len == self.chunk => self.zero_full,
+            None => zero_digest(len),
+            Some(mut h) => {
+                feed_zeros(&mut h, self.zeros);
+                *h.finalize().as_bytes()
+            }
+        };
+        self.zeros = 0;
+        self.out.push(d);
+    }
+    /// Zeros up to `upto` (counted, fed only if data follows in the same chunk).
+    fn gap(&mut self, upto: u64) {
+        let upto = upto.min(self.size);
+        while self.pos < upto {
+            let cs = self.pos / self.chunk * self.chunk;
+            let ce = self.chunk_end();
+            let take = upto.min(ce) - self.pos;
+            self.zeros += take;
+            self.pos += take;
+            if self.pos == ce {
+                self.finish_chunk(ce - cs);
+            }
+        }
+    }
+    fn data(&mut self, off: u64, mut b: &[u8]) {
+        self.gap(off);
+        while !b.is_empty() && self.pos < self.size {
+            let cs = self.pos / self.chunk * self.chunk;
+            let ce = self.chunk_end();
+            let take = (b.len() as u64).min(ce - self.pos) as usize;
+            let h = self.h.get_or_insert_with(blake3::Hasher::new);
+            feed_zeros(h, self.zeros);
+            self.zeros = 0;
+            h.update(&b[..take]);
+            b = &b[take..];
+            self.pos += take as u64;
+            if self.pos == ce {
+                self.finish_chunk(ce - cs);
+            }
+        }
+    }
+    fn finish(mut self) -> Vec<[u8; 32]> {
+        self.gap(self.size);
+        self.out
+    }
+}
+
+fn feed_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    static Z: [u8; 65536] = [0; 65536];
+    while n > 0 {
+        let k = n.min(Z.len() as u64) as usize;
+        h.update(&Z[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Hashes `[a, b)` of a file.
+fn hash_file_range(f: &File, a: u64, b: u64, buf: &mut [u8]) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let mut p = a;
+    while p < b {
+        let n = ((b - p) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], p)?;
+        h.update(&buf[..n]);
+        p += n as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+fn zero_range(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off as libc::off_t, len as libc::off_t)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    static Z: [u8; 65536] = [0; 65536];
+    let mut p = off;
+    while p < off + len {
+        let n = (off + len - p).min(Z.len() as u64) as usize;
+        f.write_all_at(&Z[..n], p)?;
+        p += n as u64;
+    }
+    Ok(())
+}
+
+/// The image state of one disk being replayed.
+struct Shadow {
+    file: Option<File>,
+    size: u64,
+    chunk: u64,
+    /// Digests of the image in `file` as of `set` (0: nothing verified yet).
+    digests: Vec<[u8; 32]>,
+    set: u64,
+}
+
+enum Msg {
+    Start { set: u64, header: Box<SetHeader>, file: Option<PathBuf> },
+    Rec { kind: Kind, off: u64, len: u64, buf: Vec<u8> },
+    Done { digests: Vec<[u8; 32]>, reply: SyncSender<Result<(), String>> },
+}
+
+struct Current {
+    set: u64,
+    disk: String,
+    header: Box<SetHeader>,
+    stream: Option<Stream>,
+    touched: Vec<u64>,
+    problem: Option<String>,
+}
+
+/// The applier thread: owns the shadows, writes records, hashes.
+fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> {
+    let mut shadows: HashMap<String, Shadow> = HashMap::new();
+    let mut cur: Option<Current> = None;
+    let mut rbuf = vec![0u8; 1 << 20];
+    for m in rx {
+        match m {
+            Msg::Start { set, header, file } => {
+                let disk = header.disk.clone();
+                let n = header.n_chunks();
+                let mut problem = None;
+                let full = header.set_type == SetType::Full;
+                if n > MAX_CHUNKS {
+                    problem = Some(format!("implausible chunk count {n}"));
+                } else if full {
+                    let f = match file {
+                        Some(p) => {
+                            let f = std::fs::OpenOptions::new().read(true).write(true).open(&p)?;
+                            f.set_len(0)?;
+                            f.set_len(header.virtual_size)?;
+                            Some(f)
+                        }
+                        None => None,
+                    };
+                    shadows.insert(disk.clone(), Shadow { file: f, size: header.virtual_size, chunk: header.chunk_size, digests: vec![], set: 0 });
+                } else {
+                    let ok = shadows.get(&disk).is_some_and(|s| {
+                        s.set == header.base_set && s.size == header.virtual_size && s.chunk == header.chunk_size && s.file.is_some()
+                    });
+                    if !ok {
+                        problem = Some(format!("cannot check it: its base set {} was not replayed intact before it", header.base_set));
+                    } else if super::format::root_digest(&shadows[&disk].digests) != header.base_root {
+                        problem = Some(format!("it names a base with a different root digest than set {}", header.base_set));
+                    }
+                }
+                let stream = (full && problem.is_none()).then(|| Stream::new(header.chunk_size, header.virtual_size));
+                let touched = if full || problem.is_some() { vec![] } else { vec![0u64; n.div_ceil(64) as usize] };
+                cur = Some(Current { set, disk, header, stream, touched, problem });
+            }
+            Msg::Rec { kind, off, len, buf } => {
+                if let Some(c) = cur.as_mut().filter(|c| c.problem.is_none()) {
+                    let sh = shadows.get_mut(&c.disk).expect("shadow exists for a set without problem");
+                    let payload = &buf[HDR_LEN.min(buf.len())..];
+                    match (kind, &mut c.stream) {
+                        (Kind::Data, Some(s)) => {
+                            if let Some(f) = &sh.file {
+                                f.write_all_at(payload, off)?;
+                            }
+                            s.data(off, payload);
+                        }
+                        (Kind::Zero, Some(_)) => {} // a fresh file and the stream read gaps as zeros
+                        (k, None) => {
+                            let f = sh.file.as_ref().expect("incremental shadows have a file");
+                            if k == Kind::Data {
+                                f.write_all_at(payload, off)?;
+                            } else {
+                                zero_range(f, off, len)?;
+                            }
+                            let last = ((off + len.max(1) - 1) / sh.chunk).min((c.touched.len() as u64 * 64).saturating_sub(1));
+                            for ch in off / sh.chunk..=last {
+                                if let Some(w) = c.touched.get_mut((ch / 64) as usize) {
+                                    *w |= 1 << (ch % 64);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = pool.try_send(buf);
+            }
+            Msg::Done { digests, reply } => {
+                let Some(mut c) = cur.take() else { continue };
+                let r = finish_set(&mut c, &mut shadows, digests, &mut rbuf);
+                let _ = reply.send(r);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finish_set(c: &mut Current, shadows: &mut HashMap<String, Shadow>, digests: Vec<[u8; 32]>, rbuf: &mut [u8]) -> Result<(), String> {
+    if let Some(p) = c.problem.take() {
+        if let Some(s) = shadows.get_mut(&c.disk) {
+            s.set = 0;
+        }
+        return Err(p);
+    }
+    let sh = shadows.get_mut(&c.disk).expect("shadow");
+    let n = c.header.n_chunks() as usize;
+    let mut bad: Vec<usize> = Vec::new();
+    if let Some(s) = c.stream.take() {
+        let got = s.finish();
+        bad.extend((0..n).filter(|&i| got.get(i) != digests.get(i)));
+    } else {
+        let f = sh.file.as_ref().expect("file");
+        for i in 0..n {
+            let touched = c.touched[i / 64] >> (i % 64) & 1 == 1;
+            let ok = if touched {
+                let a = i as u64 * sh.chunk;
+                let b = (a + sh.chunk).min(sh.size);
+                let d = hash_file_range(f, a, b, rbuf).map_err(|e| format!("cannot read back the rebuilt image: {e}"))?;
+                Some(&d) == digests.get(i)
+            } else {
+                sh.digests.get(i) == digests.get(i)
+            };
+            if !ok {
+                bad.push(i);
+            }
+        }
+    }
+    if bad.is_empty() && digests.len() == n {
+        sh.digests = digests;
+        sh.set = c.set;
+        return Ok(());
+    }
+    sh.set = 0;
+    let first = bad.first().copied().unwrap_or(n);
+    let a = first as u64 * sh.chunk;
+    Err(format!(
+        "{} of {n} chunk digests do not match the data (first: chunk {first}, image bytes {a}..{})",
+        bad.len().max(1),
+        (a + sh.chunk).min(sh.size)
+    ))
+}
+
+/// The walker side: decides which sets are replayed and feeds the applier.
+pub struct Driver {
+    tx: Option<SyncSender<Msg>>,
+    pool: Receiver<Vec<u8>>,
+    /// Sets to replay (None: all).
+    pub scope: Option<HashSet<u64>>,
+    /// Disks whose sets are replayed into a file, and the file.
+    pub files: HashMap<String, PathBuf>,
+    /// Sets whose digests matched.
+    pub verified: Vec<u64>,
+    active: bool,
+    current: u64,
+}
+
+impl Visitor for Driver {
+    fn wants(&mut self, set: u64, h: &SetHeader) -> bool {
+        self.active = self.scope.as_ref().is_none_or(|s| s.contains(&set));
+        self.current = set;
+        if self.active {
+            let file = self.files.get(&h.disk).cloned();
+            self.send(Msg::Start { set, header: Box::new(h.clone()), file });
+        }
+        self.active
+    }
+    fn record(&mut self, _set: u64, hdr: &RecHdr, rec: &mut Vec<u8>) -> Result<(), String> {
+        if self.active {
+            let mut b = self.pool.try_recv().unwrap_or_default();
+            b.clear();
+            std::mem::swap(rec, &mut b);
+            self.send(Msg::Rec { kind: hdr.kind, off: hdr.a, len: hdr.b, buf: b });
+        }
+        Ok(())
+    }
+    fn set_done(&mut self, info: &super::scan::SetInfo, digests: &[[u8; 32]]) -> Result<(), String> {
+        if !self.active {
+            return Ok(());
+        }
+        self.active = false;
+        let (rtx, rrx) = sync_channel(1);
+        self.send(Msg::Done { digests: digests.to_vec(), reply: rtx });
+        match rrx.recv() {
+            Ok(Ok(())) => {
+                self.verified.push(info.set);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the applier thread stopped (I/O error)".into()),
+        }
+    }
+}
+
+impl Driver {
+    fn send(&mut self, m: Msg) {
+        if let Some(tx) = &self.tx {
+            if tx.send(m).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+/// Runs `walk` with a [`Driver`] whose applier runs in a second thread; returns what `walk`
+/// returned and the driver, or the applier's I/O error.
+pub fn with_driver<T>(
+    scope: Option<HashSet<u64>>,
+    files: HashMap<String, PathBuf>,
+    walk: impl FnOnce(&mut Driver) -> T,
+) -> std::io::Result<(T, Vec<u64>)> {
+    let (tx, rx) = sync_channel::<Msg>(16);
+    let (ptx, prx) = sync_channel::<Vec<u8>>(24);
+    std::thread::scope(|s| {
+        let h = s.spawn(move || applier(rx, ptx));
+        let mut d = Driver { tx: Some(tx), pool: prx, scope, files, verified: vec![], active: false, current: 0 };
+        let r = walk(&mut d);
+        let verified = std::mem::take(&mut d.verified);
+        drop(d);
+        h.join().map_err(|_| std::io::Error::other("applier thread panicked"))??;
+        Ok((r, verified))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_matches_plain_hashes_with_gaps() {
+        let chunk = 4096u64;
+        let size = 3 * chunk + 100;
+        let mut img = vec![0u8; size as usize];
+        img[5000..5100].fill(7);
+        img[8190..8200].fill(9);
+        let mut s = Stream::new(chunk, size);
+        s.data(5000, &img[5000..5100]);
+        s.data(8190, &img[8190..8200]);
+        let got = s.finish();
+        let want: Vec<[u8; 32]> = img.chunks(chunk as usize).map(|c| *blake3::hash(c).as_bytes()).collect();
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,395 @@
+//! The set-level reader: walks an archive's logical record stream and checks its structure.
+//!
+//! Every set must be: a set header (sequence 0, set number one more than the previous set, this
+//! archive's id), data/zero records with consecutive sequence numbers and ascending,
+//! non-overlapping extents inside the virtual size, trailer records carrying every chunk digest
+//! (the last one flagged), and a tape mark. Header and trailer records are always read whole
+//! and CRC-checked; data records are read and checked only for sets the [`Visitor`] wants
+//! (list and append skip them with a seek). Damage that leaves the framing intact (a CRC
+//! mismatch, a record out of place) is collected and the walk goes on; damage that breaks the
+//! framing or the structure stops it. Memory: one record buffer (at most the block size) and
+//! the digest list of the set being read (at most 65536 digests, and never more than the
+//! records present).
+
+use super::format::{self, decode_trailer, Counts, Kind, Label, RecHdr, SetHeader, SetType, FLAG_LAST, HDR_LEN};
+use super::volume::{Item, Loc, Source, VolumeReader};
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Damage found in an archive, located to the byte.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damage {
+    pub volume: u32,
+    pub path: PathBuf,
+    pub pos: u64,
+    pub set: Option<u64>,
+    pub record: Option<u64>,
+    pub what: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(s) = self.set {
+            write!(f, "set {s} ")?;
+        }
+        if let Some(r) = self.record {
+            write!(f, "record {r} ")?;
+        }
+        write!(f, "at byte {} (volume {} {}): {}", self.pos, self.volume, self.path.display(), self.what)
+    }
+}
+
+/// One complete set, as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetInfo {
+    pub set: u64,
+    pub disk: String,
+    pub vm: Option<String>,
+    pub drive: Option<String>,
+    pub split_seq: Option<u64>,
+    /// Split time (Unix seconds) recorded by the pair daemon, if any.
+    pub time: Option<i64>,
+    #[serde(rename = "type")]
+    pub set_type: SetType,
+    pub base_set: Option<u64>,
+    pub virtual_size: u64,
+    pub bytes_data: u64,
+    pub bytes_zero: u64,
+    pub records: u64,
+    pub volumes: Vec<u32>,
+    /// When the set was written (Unix seconds).
+    pub written: i64,
+    pub label: Option<String>,
+    pub source: String,
+    pub bitmap: Option<String>,
+    /// BLAKE3 over the set's chunk digests, hex.
+    pub root: String,
+    #[serde(skip)]
+    pub header: SetHeader,
+    #[serde(skip)]
+    pub root_bytes: [u8; 32],
+    /// Chunk digests, kept only for the latest set of each disk when asked for.
+    #[serde(skip)]
+    pub digests: Option<Arc<Vec<[u8; 32]>>>,
+    /// Where the set's header record starts.
+    #[serde(skip)]
+    pub start: Loc,
+}
+
+/// Callbacks of a walk.
+pub trait Visitor {
+    /// Should the data records of this set be read whole, CRC-checked and passed to `record`?
+    fn wants(&mut self, set: u64, h: &SetHeader) -> bool;
+    /// A CRC-checked data or zero record of a wanted set: `rec` holds the whole record (header
+    /// and payload); the visitor may take the buffer (swapping in an empty one). An error is
+    /// reported as damage here.
+    fn record(&mut self, set: u64, hdr: &RecHdr, rec: &mut Vec<u8>) -> Result<(), String>;
+    /// A complete set (header to tape mark) with its chunk digests.
+    fn set_done(&mut self, info: &SetInfo, digests: &[[u8; 32]]) -> Result<(), String>;
+}
+
+/// A visitor that wants nothing (list, append).
+pub struct Headers;
+impl Visitor for Headers {
+    fn wants(&mut self, _: u64, _: &SetHeader) -> bool {
+        false
+    }
+    fn record(&mut self, _: u64, _: &RecHdr, _: &mut Vec<u8>) -> Result<(), String> {
+        Ok(())
+    }
+    fn set_done(&mut self, _: &SetInfo, _: &[[u8; 32]]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a walk found.
+pub struct Scan {
+    pub label: Label,
+    pub sets: Vec<SetInfo>,
+    /// Just after the tape mark of the last complete set: where the next set may begin.
+    pub end: Loc,
+    /// Damage that did not stop the walk.
+    pub damage: Vec<Damage>,
+    /// Damage that stopped the walk (sets after it, if any, were not seen).
+    pub stopped: Option<Damage>,
+    /// The stop is in an unfinished last set (nothing that looks like a later set follows it):
+    /// the tail an interrupted writer leaves, which the next append may cut.
+    pub tail_only: bool,
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct Cur {
+    info: SetInfo,
+    expect: u64,
+    next_off: u64,
+    digests: Vec<[u8; 32]>,
+    counts: Counts,
+    trailer_done: bool,
+    read_data: bool,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Walks the archive from `src`. Errors only if volume 1 cannot be opened or has no label.
+pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Result<Scan, Damage> {
+    let mut vr = VolumeReader::open(src).map_err(|e| Damage {
+        volume: e.loc.volume,
+        path: e.loc.path.clone(),
+        pos: e.loc.pos,
+        set: None,
+        record: None,
+        what: e.what,
+    })?;
+    let label = vr.label.clone();
+    let mut out = Scan { label: label.clone(), sets: vec![], end: vr.loc(), damage: vec![], stopped: None, tail_only: false };
+    let mut cur: Option<Cur> = None;
+    let mut buf = Vec::new();
+    let mut last_set = 0u64;
+    loop {
+        let want = if cur.as_ref().is_some_and(|c| c.read_data) { usize::MAX } else { HDR_LEN };
+        let here = |loc: &Loc, c: &Option<Cur>, what: String| Damage {
+            volume: loc.volume,
+            path: loc.path.clone(),
+            pos: loc.pos,
+            set: c.as_ref().map(|c| c.info.set),
+            record: c.as_ref().map(|c| c.expect),
+            what,
+        };
+        let item = match vr.next(&mut buf, want) {
+            Ok(i) => i,
+            Err(e) => {
+                out.stopped = Some(here(&e.loc, &cur, e.what));
+                break;
+            }
+        };
+        match item {
+            Item::Record { hdr, len, loc } => {
+                let is_data = matches!(hdr.kind, Kind::Data | Kind::Zero);
+                if !is_data && buf.len() < len as usize {
+                    if let Err(e) = vr.reread(loc.pos, &mut buf) {
+                        out.stopped = Some(here(&e.loc, &cur, e.what));
+                        break;
+                    }
+                }
+                let Some(c) = cur.as_mut() else {
+                    // between sets: only a set header may come
+                    let r = RecHdr::decode(&buf).map_err(|e| e.to_string()).and_then(|(h, p)| {
+                        if h.kind != Kind::SetHeader {
+                            return Err(format!("expected a set header, found a {:?} record", h.kind));
+                        }
+                        if h.set != last_set + 1 || h.seq != 0 {
+                            return Err(format!("set header numbered set {} record {}, expected set {}", h.set, h.seq, last_set + 1));
+                        }
+                        let sh = SetHeader::decode(p).map_err(|e| e.to_string())?;
+                        if sh.archive_id != label.archive_id {
+                            return Err("set header belongs to a different archive".into());
+                        }
+                        Ok(sh)
+                    });
+                    match r {
+                        Ok(sh) => {
+                            let set = last_set + 1;
+                            let read_data = v.wants(set, &sh);
+                            let info = SetInfo {
+                                set,
+                                disk: sh.disk.clone(),
+                                vm: non_empty(&sh.vm),
+                                drive: non_empty(&sh.drive),
+                                split_seq: sh.split_seq,
+                                time: sh.split_time,
+                                set_type: sh.set_type,
+                                base_set: (sh.base_set != 0).then_some(sh.base_set),
+                                virtual_size: sh.virtual_size,
+                                bytes_data: 0,
+                                bytes_zero: 0,
+                                records: 1,
+                                volumes: vec![loc.volume],
+                                written: sh.written,
+                                label: non_empty(&sh.label),
+                                source: sh.source.clone(),
+                                bitmap: non_empty(&sh.bitmap),
+                                root: String::new(),
+                                header: sh,
+                                root_bytes: [0; 32],
+                                digests: None,
+                                start: loc,
+                            };
+                            cur = Some(Cur { info, expect: 1, next_off: 0, digests: vec![], counts: Counts::default(), trailer_done: false, read_data });
+                        }
+                        Err(w) => {
+                            out.stopped = Some(Damage { volume: loc.volume, path: loc.path, pos: loc.pos, set: Some(last_set + 1), record: Some(0), what: w });
+                            break;
+                        }
+                    }
+                    continue;
+                };
+                let (cset, cseq) = (c.info.set, c.expect);
+                let dmg = |what: String| Damage {
+                    volume: loc.volume,
+                    path: loc.path.clone(),
+                    pos: loc.pos,
+                    set: Some(cset),
+                    record: Some(cseq),
+                    what,
+                };
+                if hdr.set != c.info.set {
+                    out.stopped = Some(dmg(format!("found a record of set {} (record {}) inside set {}", hdr.set, hdr.seq, c.info.set)));
+                    break;
+                }
+                if hdr.seq != c.expect {
+                    out.damage.push(dmg(format!("record out of place: it is numbered {}", hdr.seq)));
+                }
+                c.expect = hdr.seq.wrapping_add(1);
+                c.info.records += 1;
+                match hdr.kind {
+                    Kind::Data | Kind::Zero => {
+                        let end = hdr.a.checked_add(hdr.b);
+                        if c.trailer_done {
+                            out.damage.push(dmg("data record after the trailer".into()));
+                        } else if hdr.a < c.next_off || end.is_none_or(|e| e > c.info.virtual_size) || hdr.b == 0 {
+                            out.damage.push(dmg(format!("extent {}+{} is out of order or outside the image", hdr.a, hdr.b)));
+                        } else if hdr.kind == Kind::Data && len as u64 != HDR_LEN as u64 + hdr.b {
+                            out.damage.push(dmg(format!("data record of {len} bytes for an extent of {}", hdr.b)));
+                        } else if c.read_data {
+                            match RecHdr::decode(&buf).map(|(h, _)| h) {
+                                Ok(h) => {
+                                    if let Err(w) = v.record(c.info.set, &h, &mut buf) {
+                                        out.damage.push(dmg(w));
+                                    }
+                                }
+                                Err(e) => out.damage.push(dmg(e.to_string())),
+                            }
+                        }
+                        if let Some(e) = end {
+                            c.next_off = c.next_off.max(e);
+                        }
+                        if hdr.kind == Kind::Data {
+                            c.counts.data_records += 1;
+                            c.counts.bytes_data += hdr.b;
+                        } else {
+                            c.counts.zero_records += 1;
+                            c.counts.bytes_zero += hdr.b;
+                        }
+                    }
+                    Kind::Trailer => {
+                        let r = RecHdr::decode(&buf).map_err(|e| e.to_string()).and_then(|(h, p)| {
+                            let t = decode_trailer(p).map_err(|e| e.to_string())?;
+                            if t.n_chunks != c.info.header.n_chunks() || t.first != c.digests.len() as u64 {
+                                return Err("trailer digests do not continue the list".into());
+                            }
+                            Ok((h.flags, t.counts, t.digests.chunks_exact(32).map(|d| d.try_into().unwrap()).collect::<Vec<[u8; 32]>>()))
+                        });
+                        match r {
+                            Ok((flags, counts, d)) => {
+                                c.digests.extend(d);
+                                if flags & FLAG_LAST != 0 {
+                                    if c.digests.len() as u64 != c.info.header.n_chunks() {
+                                        out.damage.push(dmg("trailer ends before every chunk digest".into()));
+                                    }
+                                    if counts != c.counts {
+                                        out.damage.push(dmg(format!("trailer counts {counts:?} differ from the records read {:?}", c.counts)));
+                                    }
+                                    c.trailer_done = true;
+                                }
+                            }
+                            Err(w) => {
+                                out.stopped = Some(dmg(format!("trailer: {w}")));
+                                break;
+                            }
+                        }
+                    }
+                    k => {
+                        out.stopped = Some(dmg(format!("unexpected {k:?} record inside a set")));
+                        break;
+                    }
+                }
+            }
+            Item::Switched { set, seq, loc } => match cur.as_mut() {
+                Some(c) if c.info.set == set && c.expect == seq => {
+                    c.expect += 1;
+                    c.info.records += 1;
+                    c.info.volumes.push(vr.volume());
+                }
+                _ => {
+                    out.stopped = Some(here(&loc, &cur, format!("end-of-volume record of set {set} record {seq} out of place")));
+                    break;
+                }
+            },
+            Item::Mark { loc } => {
+                let Some(mut c) = cur.take() else {
+                    out.stopped = Some(here(&loc, &cur, "unexpected tape mark".into()));
+                    break;
+                };
+                if !c.trailer_done {
+                    let d = Damage { volume: loc.volume, path: loc.path, pos: loc.pos, set: Some(c.info.set), record: Some(c.expect), what: "set ends without its trailer".into() };
+                    cur = Some(c);
+                    out.stopped = Some(d);
+                    break;
+                }
+                c.info.bytes_data = c.counts.bytes_data;
+                c.info.bytes_zero = c.counts.bytes_zero;
+                c.info.root_bytes = format::root_digest(&c.digests);
+                c.info.root = hex(&c.info.root_bytes);
+                if let Err(w) = v.set_done(&c.info, &c.digests) {
+                    out.damage.push(Damage { volume: loc.volume, path: loc.path.clone(), pos: c.info.start.pos, set: Some(c.info.set), record: None, what: w });
+                }
+                if keep_digests {
+                    for s in out.sets.iter_mut().filter(|s| s.disk == c.info.disk) {
+                        s.digests = None;
+                    }
+                    c.info.digests = Some(Arc::new(std::mem::take(&mut c.digests)));
+                }
+                last_set = c.info.set;
+                out.end = Loc { volume: loc.volume, path: loc.path, pos: loc.pos + 4 };
+                out.sets.push(c.info);
+            }
+            Item::End { loc, clean } => {
+                if let Some(c) = &cur {
+                    out.stopped = Some(here(&loc, &cur, format!("archive ends inside set {} (unfinished: interrupted writer or truncated file)", c.info.set)));
+                } else if !clean {
+                    out.stopped = Some(here(&loc, &cur, "archive ends without its end-of-data mark (interrupted writer or truncated file)".into()));
+                }
+                break;
+            }
+        }
+    }
+    if let Some(d) = &out.stopped {
+        let unfinished = cur.as_ref().is_none_or(|c| !c.trailer_done);
+        let later_volume = vr.volume_exists(d.volume + 1);
+        out.tail_only = unfinished && !later_volume && !set_header_after(&d.path, d.pos);
+    }
+    Ok(out)
+}
+
+/// Does anything that looks like a set header record start after `pos` in the file?
+fn set_header_after(path: &std::path::Path, pos: u64) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else { return true };
+    use std::io::Seek;
+    if f.seek(std::io::SeekFrom::Start(pos + 1)).is_err() {
+        return true;
+    }
+    let mut pat = format::MAGIC.to_vec();
+    pat.extend_from_slice(&(Kind::SetHeader as u16).to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut keep = 0usize;
+    loop {
+        let n = match f.read(&mut buf[keep..]) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(_) => return true,
+        };
+        let have = keep + n;
+        if buf[..have].windows(pat.len()).any(|w| w == pat.as_slice()) {
+            return true;
+        }
+        keep = (pat.len() - 1).min(have);
+        buf.copy_within(have - keep..have, 0);
+    }
+}

@@ -1,0 +1,570 @@
+//! Volumes (cartridges): labels, spanning and the logical record stream across volume files.
+//!
+//! An archive `NAME.tap` is volume 1; further volumes are `NAME.002.tap`, `NAME.003.tap`, ...
+//! Every volume starts with a tape file holding one label record (archive id, volume number,
+//! block size, capacity, and which set/record it continues, if any). Sets follow, one tape file
+//! each; the recorded data ends with a double tape mark. When a set does not fit, the writer
+//! ends the volume with an end-of-volume record (part of the set, naming the next volume),
+//! a tape mark and the closing mark, and the set resumes on the next volume after its label.
+//!
+//! The writer works on any [`Changer`] (files, or `Vec<u8>` cartridges with a tiny capacity in
+//! the unit tests); the reader on any [`Source`]. Invariant: a record is written only when it,
+//! an end-of-volume record and the two closing marks still fit, so a volume never overflows.
+
+use super::format::{Kind, Label, RecHdr, HDR_LEN};
+use super::tape::{framed_len, TapeError, TapeItem, TapeReadError, TapeReader, TapeWriter};
+use std::io::{self, Cursor, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Path of volume `n` (1-based) of the archive at `base`.
+pub fn volume_path(base: &Path, n: u32) -> PathBuf {
+    if n == 1 {
+        return base.to_path_buf();
+    }
+    let s = base.as_os_str().to_string_lossy();
+    let stem = s.strip_suffix(".tap").unwrap_or(&s);
+    PathBuf::from(format!("{stem}.{n:03}.tap"))
+}
+
+/// Framed size of an end-of-volume record.
+pub const EOV_FRAMED: u64 = 8 + HDR_LEN as u64 + 8;
+
+/// Early-warning zone for a cartridge: two full records.
+pub fn early_warning(block: u32) -> u64 {
+    2 * framed_len(block as usize)
+}
+
+/// Smallest capacity accepted for a block size: label, a few records and the closing marks.
+pub fn min_capacity(block: u32) -> u64 {
+    8 * framed_len(block as usize) + 1024
+}
+
+/// Where new volumes come from.
+pub trait Changer {
+    type W: Write;
+    /// A fresh, empty volume number `n`.
+    fn create(&mut self, n: u32) -> io::Result<Self::W>;
+    /// Called when a volume is complete (flush and fsync files).
+    fn close(&mut self, n: u32, w: Self::W) -> io::Result<()>;
+}
+
+/// Volumes as files beside the archive's first volume.
+pub struct FileChanger {
+    pub base: PathBuf,
+}
+
+impl Changer for FileChanger {
+    /// Unbuffered: records go out in one vectored write each.
+    type W = std::fs::File;
+    fn create(&mut self, n: u32) -> io::Result<Self::W> {
+        let p = volume_path(&self.base, n);
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&p)
+    }
+    fn close(&mut self, _n: u32, f: Self::W) -> io::Result<()> {
+        f.sync_all()
+    }
+}
+
+/// Writes the records of sets, switching volumes when the cartridge is full.
+pub struct VolumeWriter<C: Changer> {
+    changer: C,
+    tape: TapeWriter<C::W>,
+    volume: u32,
+    label: Label,
+    /// Volumes touched since the last `begin_set`.
+    pub touched: Vec<u32>,
+    set: u64,
+    seq: u64,
+}
+
+impl<C: Changer> VolumeWriter<C> {
+    /// Starts a brand-new archive: creates volume 1 and writes its label.
+    pub fn create(mut changer: C, label: Label) -> Result<Self, TapeError> {
+        let w = changer.create(1)?;
+        let mut vw = Self::append(changer, w, 0, Label { volume: 1, continues_set: 0, continues_seq: 0, ..label });
+        vw.write_label()?;
+        Ok(vw)
+    }
+
+    /// Continues volume `label.volume`, whose writer stands at byte `pos` (just after a tape mark).
+    pub fn append(changer: C, w: C::W, pos: u64, label: Label) -> Self {
+        let cap = (label.capacity != 0).then_some(label.capacity);
+        let tape = TapeWriter::new(w, pos, cap, early_warning(label.block_size));
+        VolumeWriter { changer, tape, volume: label.volume, label, touched: vec![], set: 0, seq: 0 }
+    }
+
+    pub fn volume(&self) -> u32 {
+        self.volume
+    }
+
+    pub fn archive_id(&self) -> [u8; 16] {
+        self.label.archive_id
+    }
+
+    fn write_label(&mut self) -> Result<(), TapeError> {
+        let l = Label { volume: self.volume, ..self.label.clone() };
+        let p = l.encode();
+        let h = RecHdr::new(Kind::Label, 0, 0, self.volume as u64, 0).encode(&p);
+        self.tape.write_record(&[&h, &p])?;
+        self.tape.write_mark()
+    }
+
+    /// Ends the current volume and starts the next; `mid_set` writes the end-of-volume record.
+    fn switch(&mut self, mid_set: bool) -> Result<(), TapeError> {
+        let next = self.volume + 1;
+        if mid_set {
+            let p = next.to_le_bytes();
+            let h = RecHdr::new(Kind::EndOfVolume, self.set, self.seq, next as u64, 0).encode(&p);
+            self.tape.write_record(&[&h, &p])?;
+            self.seq += 1;
+            self.tape.write_mark()?;
+        }
+        self.tape.write_mark()?;
+        let w = self.changer.create(next)?;
+        let fresh = TapeWriter::new(w, 0, self.tape_capacity(), early_warning(self.label.block_size));
+        let old = std::mem::replace(&mut self.tape, fresh);
+        self.changer.close(self.volume, old.into_inner())?;
+        self.volume = next;
+        self.label.continues_set = if mid_set { self.set } else { 0 };
+        self.label.continues_seq = if mid_set { self.seq } else { 0 };
+        self.write_label()?;
+        self.touched.push(next);
+        Ok(())
+    }
+
+    fn tape_capacity(&self) -> Option<u64> {
+        (self.label.capacity != 0).then_some(self.label.capacity)
+    }
+
+    /// Would a record of `len` bytes fit, leaving room for an end-of-volume record?
+    fn room_for(&self, len: usize) -> bool {
+        !self.tape.in_early_warning() && self.tape.fits(len + EOV_FRAMED as usize)
+    }
+
+    /// Starts set `set` (its first record will have sequence number 0).
+    pub fn begin_set(&mut self, set: u64) -> Result<(), TapeError> {
+        self.set = set;
+        self.seq = 0;
+        self.touched = vec![self.volume];
+        if self.tape.in_early_warning() {
+            self.switch(false)?;
+            self.touched = vec![self.volume];
+        }
+        Ok(())
+    }
+
+    /// Writes one record of the current set; fills in set and sequence number.
+    pub fn write(&mut self, mut hdr: RecHdr, payload: &[&[u8]]) -> Result<(), TapeError> {
+        let plen: usize = payload.iter().map(|p| p.len()).sum();
+        let len = HDR_LEN + plen;
+        if !self.room_for(len) {
+            self.switch(true)?;
+            if !self.room_for(len) {
+                return Err(TapeError::EndOfMedia);
+            }
+        }
+        hdr.set = self.set;
+        hdr.seq = self.seq;
+        let enc = if payload.len() == 1 { hdr.encode(payload[0]) } else { hdr.encode(&payload.concat()) };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(payload.len() + 1);
+        parts.push(&enc);
+        parts.extend_from_slice(payload);
+        self.tape.write_record(&parts)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Ends the current set with its tape mark.
+    pub fn end_set(&mut self) -> Result<(), TapeError> {
+        self.tape.write_mark()
+    }
+
+    /// Writes the end-of-data mark and closes the last volume (fsync for files).
+    pub fn finish(mut self) -> Result<C, TapeError> {
+        self.tape.write_mark()?;
+        self.tape.flush()?;
+        self.changer.close(self.volume, self.tape.into_inner())?;
+        Ok(self.changer)
+    }
+}
+
+/// Where a record was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Loc {
+    pub volume: u32,
+    pub path: PathBuf,
+    pub pos: u64,
+}
+
+/// Where volumes are read from.
+pub trait Source {
+    type R: Read + Seek;
+    /// Volume `n`, or `None` when it does not exist.
+    fn open(&mut self, n: u32) -> io::Result<Option<(Self::R, PathBuf)>>;
+    /// Does volume `n` exist?
+    fn exists(&mut self, n: u32) -> bool;
+}
+
+pub struct FileSource {
+    pub base: PathBuf,
+}
+
+impl Source for FileSource {
+    type R = std::fs::File;
+    fn open(&mut self, n: u32) -> io::Result<Option<(std::fs::File, PathBuf)>> {
+        let p = volume_path(&self.base, n);
+        match std::fs::File::open(&p) {
+            Ok(f) => Ok(Some((f, p))),
+            Err(e) if n > 1 && e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn exists(&mut self, n: u32) -> bool {
+        volume_path(&self.base, n).exists()
+    }
+}
+
+/// One logical item of the archive, volumes and labels taken care of.
+#[derive(Debug)]
+pub enum Item {
+    /// A qsplit record; its bytes (header and as much payload as asked) are in the buffer.
+    Record { hdr: RecHdr, len: u32, loc: Loc },
+    /// The end-of-volume record of `set` consumed sequence number `seq`; reading went on in
+    /// the next volume.
+    Switched { set: u64, seq: u64, loc: Loc },
+    /// The tape mark ending a set's tape file.
+    Mark { loc: Loc },
+    /// End of the recorded data. `clean`: it ended with a double tape mark, as a writer leaves it.
+    End { loc: Loc, clean: bool },
+}
+
+/// Framing, label or volume-sequence damage, with where it was found.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct VolError {
+    pub loc: Loc,
+    pub what: String,
+}
+
+/// Reads the logical record stream of an archive across its volumes.
+pub struct VolumeReader<S: Source> {
+    src: S,
+    tape: TapeReader<S::R>,
+    path: PathBuf,
+    volume: u32,
+    pub label: Label,
+    max_len: u32,
+    prev_mark: bool,
+}
+
+fn err(loc: Loc, what: impl Into<String>) -> VolError {
+    VolError { loc, what: what.into() }
+}
+
+impl<S: Source> VolumeReader<S> {
+    /// Opens volume 1 and reads its label. `max_len` bounds every record (block size limit).
+    pub fn open(mut src: S) -> Result<Self, VolError> {
+        let (r, path) = match src.open(1) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Err(err(Loc { volume: 1, path: PathBuf::new(), pos: 0 }, "volume 1 is missing")),
+            Err(e) => return Err(err(Loc { volume: 1, path: PathBuf::new(), pos: 0 }, format!("cannot open: {e}"))),
+        };
+        let mut vr = VolumeReader {
+            src,
+            tape: TapeReader::new(r, 0, super::format::MAX_BLOCK),
+            path,
+            volume: 1,
+            label: Label { archive_id: [0; 16], volume: 1, block_size: 0, capacity: 0, continues_set: 0, continues_seq: 0, created: 0 },
+            max_len: super::format::MAX_BLOCK,
+            prev_mark: false,
+        };
+        vr.label = vr.read_label(None)?;
+        vr.max_len = vr.label.block_size;
+        Ok(vr)
+    }
+
+    /// Re-reads the record at `pos` of the current volume in full (after a partial read).
+    pub fn reread(&mut self, pos: u64, buf: &mut Vec<u8>) -> Result<(), VolError> {
+        let max = self.max_len as usize;
+        let here = self.tape.pos();
+        self.tape.seek_to(pos).map_err(|e| self.tape_err(e))?;
+        self.tape.next(buf, max).map_err(|e| self.tape_err(e))?;
+        self.tape.seek_to(here).map_err(|e| self.tape_err(e))?;
+        Ok(())
+    }
+
+    pub fn volume(&self) -> u32 {
+        self.volume
+    }
+
+    pub fn volume_exists(&mut self, n: u32) -> bool {
+        self.src.exists(n)
+    }
+
+    pub fn loc(&self) -> Loc {
+        Loc { volume: self.volume, path: self.path.clone(), pos: self.tape.pos() }
+    }
+
+    fn tape_err(&self, e: TapeReadError) -> VolError {
+        let loc = Loc { volume: self.volume, path: self.path.clone(), pos: e.pos() };
+        err(loc, e.to_string())
+    }
+
+    fn read_label(&mut self, expect: Option<&Label>) -> Result<Label, VolError> {
+        let mut buf = Vec::new();
+        let loc = self.loc();
+        match self.tape.next(&mut buf, 4096).map_err(|e| self.tape_err(e))? {
+            TapeItem::Record { len, read, .. } if read == len as usize => {}
+            _ => return Err(err(loc, "no volume label (not a qsplit archive volume?)")),
+        }
+        let (h, p) = RecHdr::decode(&buf).map_err(|e| err(loc.clone(), format!("volume label: {e}")))?;
+        let l = Label::decode(p).map_err(|e| err(loc.clone(), e.to_string()))?;
+        if h.kind != Kind::Label || l.volume != self.volume {
+            return Err(err(loc, format!("volume label says volume {}, expected {}", l.volume, self.volume)));
+        }
+        if let Some(x) = expect {
+            if l.archive_id != x.archive_id || l.block_size != x.block_size {
+                return Err(err(loc, "volume belongs to a different archive"));
+            }
+            if (l.continues_set, l.continues_seq) != (x.continues_set, x.continues_seq) {
+                return Err(err(
+                    loc,
+                    format!(
+                        "volume label continues set {} at record {}, expected set {} record {}",
+                        l.continues_set, l.continues_seq, x.continues_set, x.continues_seq
+                    ),
+                ));
+            }
+        }
+        let loc = self.loc();
+        match self.tape.next(&mut buf, 0).map_err(|e| self.tape_err(e))? {
+            TapeItem::Mark { .. } => Ok(l),
+            _ => Err(err(loc, "volume label is not followed by a tape mark")),
+        }
+    }
+
+    /// Moves to volume `n`, checking its label against `expect`. Ok(false): no such volume.
+    fn next_volume(&mut self, expect: Label) -> Result<bool, VolError> {
+        let n = self.volume + 1;
+        let loc = self.loc();
+        let (r, path) = match self.src.open(n) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(err(loc, format!("cannot open volume {n}: {e}"))),
+        };
+        self.tape = TapeReader::new(r, 0, self.max_len);
+        self.path = path;
+        self.volume = n;
+        let l = self.read_label(Some(&Label { volume: n, ..expect }))?;
+        self.label = l;
+        self.prev_mark = false;
+        Ok(true)
+    }
+
+    /// Next logical item; record bytes (up to `want` of them) land in `buf`.
+    pub fn next(&mut self, buf: &mut Vec<u8>, want: usize) -> Result<Item, VolError> {
+        loop {
+            let item = self.tape.next(buf, want.max(HDR_LEN)).map_err(|e| self.tape_err(e))?;
+            let loc = Loc { volume: self.volume, path: self.path.clone(), pos: match item {
+                TapeItem::Record { pos, .. } | TapeItem::Mark { pos } | TapeItem::End { pos } => pos,
+            } };
+            match item {
+                TapeItem::Mark { .. } if self.prev_mark => {
+                    // End of this volume's data; a next volume starting a new set may follow.
+                    let expect = Label { continues_set: 0, continues_seq: 0, ..self.label.clone() };
+                    if !self.next_volume(expect)? {
+                        return Ok(Item::End { loc, clean: true });
+                    }
+                }
+                TapeItem::Mark { .. } => {
+                    self.prev_mark = true;
+                    return Ok(Item::Mark { loc });
+                }
+                TapeItem::End { .. } => return Ok(Item::End { loc, clean: false }),
+                TapeItem::Record { len, .. } => {
+                    self.prev_mark = false;
+                    let hdr = RecHdr::decode_unchecked(buf).map_err(|e| err(loc.clone(), e.to_string()))?;
+                    if hdr.kind != Kind::EndOfVolume {
+                        return Ok(Item::Record { hdr, len, loc });
+                    }
+                    if buf.len() < len as usize {
+                        self.reread(loc.pos, buf)?;
+                    }
+                    RecHdr::decode(buf).map_err(|e| err(loc.clone(), format!("end-of-volume record: {e}")))?;
+                    let m1 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
+                    let m2 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
+                    if !matches!((m1, m2), (TapeItem::Mark { .. }, TapeItem::Mark { .. })) || hdr.a != self.volume as u64 + 1 {
+                        return Err(err(loc, "end-of-volume record is not followed by two tape marks"));
+                    }
+                    let expect = Label { continues_set: hdr.set, continues_seq: hdr.seq + 1, ..self.label.clone() };
+                    if !self.next_volume(expect)? {
+                        return Err(err(loc, format!("volume {} is missing (set {} continues there)", self.volume + 1, hdr.set)));
+                    }
+                    return Ok(Item::Switched { set: hdr.set, seq: hdr.seq, loc });
+                }
+            }
+        }
+    }
+}
+
+/// Volumes held in memory (tests and the fuzz target).
+pub struct MemSource(pub Vec<Vec<u8>>);
+impl Source for MemSource {
+    type R = Cursor<Vec<u8>>;
+    fn open(&mut self, n: u32) -> io::Result<Option<(Cursor<Vec<u8>>, PathBuf)>> {
+        Ok((n as usize).checked_sub(1).and_then(|i| self.0.get(i)).map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
+    }
+    fn exists(&mut self, n: u32) -> bool {
+        n as usize <= self.0.len()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod mem {
+    //! In-memory cartridges for tests.
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    pub type Shelf = Rc<RefCell<Vec<Vec<u8>>>>;
+
+    pub struct MemW(pub Shelf, pub usize);
+    impl Write for MemW {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut()[self.1].extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    pub struct MemChanger(pub Shelf);
+    impl Changer for MemChanger {
+        type W = MemW;
+        fn create(&mut self, n: u32) -> io::Result<MemW> {
+            let mut s = self.0.borrow_mut();
+            assert_eq!(s.len() + 1, n as usize);
+            s.push(Vec::new());
+            Ok(MemW(self.0.clone(), n as usize - 1))
+        }
+        fn close(&mut self, _n: u32, _w: MemW) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mem::*;
+    use super::*;
+
+    fn label(cap: u64, block: u32) -> Label {
+        Label { archive_id: [7; 16], volume: 1, block_size: block, capacity: cap, continues_set: 0, continues_seq: 0, created: 0 }
+    }
+
+    fn write_sets(cap: u64, block: u32, sets: &[usize]) -> Vec<Vec<u8>> {
+        let shelf: Shelf = Default::default();
+        let mut w = VolumeWriter::create(MemChanger(shelf.clone()), label(cap, block)).unwrap();
+        for (i, &n) in sets.iter().enumerate() {
+            w.begin_set(i as u64 + 1).unwrap();
+            for r in 0..n {
+                let p = vec![r as u8; block as usize - HDR_LEN];
+                w.write(RecHdr::new(Kind::Data, 0, 0, r as u64, p.len() as u64), &[&p]).unwrap();
+            }
+            w.end_set().unwrap();
+        }
+        w.finish().unwrap();
+        let v = shelf.borrow().clone();
+        v
+    }
+
+    /// Reads back (set, seq, a) of every record, checking sequence continuity.
+    fn read_back(vols: Vec<Vec<u8>>) -> (Vec<(u64, u64, u64)>, u32) {
+        let mut r = VolumeReader::open(MemSource(vols)).unwrap();
+        let mut out = vec![];
+        let mut buf = vec![];
+        loop {
+            match r.next(&mut buf, usize::MAX).unwrap() {
+                Item::Record { hdr, .. } => {
+                    RecHdr::decode(&buf).unwrap();
+                    out.push((hdr.set, hdr.seq, hdr.a));
+                }
+                Item::Switched { set, seq, .. } => out.push((set, seq, u64::MAX)),
+                Item::Mark { .. } => {}
+                Item::End { clean, .. } => {
+                    assert!(clean);
+                    return (out, r.volume);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unlimited_capacity_stays_on_one_volume() {
+        let vols = write_sets(0, 1024, &[3, 2]);
+        assert_eq!(vols.len(), 1);
+        let (recs, last) = read_back(vols);
+        assert_eq!(recs, vec![(1, 0, 0), (1, 1, 1), (1, 2, 2), (2, 0, 0), (2, 1, 1)]);
+        assert_eq!(last, 1);
+    }
+
+    #[test]
+    fn sets_span_tiny_cartridges_and_read_back_in_order() {
+        let block = 1024;
+        let cap = min_capacity(block);
+        let vols = write_sets(cap, block, &[20, 3, 15]);
+        assert!(vols.len() >= 4, "expected spanning, got {} volumes", vols.len());
+        for v in &vols {
+            assert!(v.len() as u64 <= cap, "volume of {} bytes over capacity {cap}", v.len());
+            assert_eq!(&v[v.len() - 8..], &[0u8; 8], "volume does not end with two tape marks");
+        }
+        let (recs, _) = read_back(vols);
+        let data: Vec<_> = recs.iter().filter(|r| r.2 != u64::MAX).collect();
+        assert_eq!(data.len(), 38);
+        // sequence numbers are contiguous per set, counting the end-of-volume records
+        for set in 1..=3u64 {
+            let seqs: Vec<u64> = recs.iter().filter(|r| r.0 == set).map(|r| r.1).collect();
+            assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn record_larger_than_an_empty_cartridge_is_end_of_media() {
+        let shelf: Shelf = Default::default();
+        let mut w = VolumeWriter::create(MemChanger(shelf), label(min_capacity(512), 512)).unwrap();
+        w.begin_set(1).unwrap();
+        let p = vec![0u8; 20000];
+        assert!(matches!(w.write(RecHdr::new(Kind::Data, 0, 0, 0, 0), &[&p]), Err(TapeError::EndOfMedia)));
+    }
+
+    #[test]
+    fn missing_or_foreign_volume_is_reported() {
+        let block = 1024;
+        let mut vols = write_sets(min_capacity(block), block, &[20]);
+        let n = vols.len();
+        let last = vols.pop().unwrap();
+        let mut r = VolumeReader::open(MemSource(vols.clone())).unwrap();
+        let mut buf = vec![];
+        let e = loop {
+            match r.next(&mut buf, usize::MAX) {
+                Err(e) => break e,
+                Ok(Item::End { .. }) => panic!("missing volume not noticed"),
+                Ok(_) => {}
+            }
+        };
+        assert!(e.what.contains(&format!("volume {n} is missing")), "{}", e.what);
+        // a damaged label on the continuation volume
+        let mut foreign = vols.clone();
+        foreign.push(last);
+        foreign.last_mut().unwrap()[4 + HDR_LEN] ^= 1; // archive id byte: label CRC fails
+        let mut r = VolumeReader::open(MemSource(foreign)).unwrap();
+        let e = loop {
+            match r.next(&mut buf, usize::MAX) {
+                Err(e) => break e,
+                Ok(Item::End { .. }) => panic!("damaged label not noticed"),
+                Ok(_) => {}
+            }
+        };
+        assert_eq!(e.loc.volume, n as u32);
+    }
+}

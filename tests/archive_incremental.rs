@@ -1,0 +1,126 @@
+//! Incremental sets from the persistent bitmaps a split image carries, made with a real QEMU:
+//! chains of incrementals restore bit-exact; chain mismatches fall back to full (or are refused
+//! for an explicit --bitmap); bitmaps left in-use by a killed QEMU are not trusted.
+
+mod archive_common;
+use archive_common::*;
+use std::path::Path;
+
+fn split_marker(q: &mut Qemu, seq: u64) {
+    q.bitmap_add("n", &format!("qsplit.id:vm=web1:drive=vd0:seq={seq}:time={}", 1_700_000_000 + seq), true);
+}
+
+/// Resync as the pair daemon does: drop the old bitmaps, track from split `seq - 1`.
+fn next_split(q: &mut Qemu, img: &Path, seq: u64, writes: &[&str]) {
+    q.open("n", img);
+    q.bitmap_remove("n", &format!("qsplit.id:vm=web1:drive=vd0:seq={}:time={}", seq - 1, 1_700_000_000 + seq - 1));
+    q.bitmap_remove("n", &format!("qsplit.since:{}", seq.saturating_sub(2)));
+    q.bitmap_add("n", &format!("qsplit.since:{}", seq - 1), false);
+    for w in writes {
+        q.io("n", w);
+    }
+    split_marker(q, seq);
+    q.close("n");
+}
+
+#[test]
+fn chain_of_incrementals_restores_every_set() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("split.qcow2");
+    let tap = d.path().join("c.tap");
+    create(&img, "qcow2", "64M");
+    let mut q = Qemu::start(d.path());
+    q.open("n", &img);
+    q.bitmap_add("n", "qsplit.since:0", false);
+    q.io("n", "write -P 0x11 0 4M");
+    q.io("n", "write -P 0x12 20M 1M");
+    split_marker(&mut q, 1);
+    q.close("n");
+    std::fs::copy(&img, d.path().join("snap1.qcow2")).unwrap();
+    let w = ok(&["archive", "write", s(&img), s(&tap)]);
+    assert_eq!((w["set"].as_u64(), w["type"].as_str()), (Some(1), Some("full")));
+    assert_eq!(w["disk"], "web1/vd0");
+    assert_eq!(w["split_seq"], 1);
+    assert!(w["reason"].as_str().unwrap().contains("qsplit.since:0"), "{w}");
+
+    next_split(&mut q, &img, 2, &["write -P 0x21 1M 64k", "write -z 2M 1M", "write -P 0x22 40M 2M", "discard 20M 512k"]);
+    std::fs::copy(&img, d.path().join("snap2.qcow2")).unwrap();
+    let w = ok(&["archive", "write", s(&img), s(&tap)]);
+    assert_eq!((w["set"].as_u64(), w["type"].as_str(), w["base_set"].as_u64()), (Some(2), Some("incremental"), Some(1)), "{w}");
+    assert_eq!(w["bitmap"], "qsplit.since:1");
+    assert_eq!(w["bytes_data"], (64 << 10) + (2 << 20), "{w}");
+    assert!(w["bytes_read"].as_u64().unwrap() < 16 << 20, "an incremental reads only touched chunks: {w}");
+
+    next_split(&mut q, &img, 3, &["write -P 0x31 63M 1M", "write -P 0x32 0 64k"]);
+    std::fs::copy(&img, d.path().join("snap3.qcow2")).unwrap();
+    let w = ok(&["archive", "write", s(&img), s(&tap)]);
+    assert_eq!((w["type"].as_str(), w["base_set"].as_u64()), (Some("incremental"), Some(2)), "{w}");
+
+    let l = ok(&["archive", "list", s(&tap)]);
+    let l = l.as_array().unwrap();
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[1]["vm"], "web1");
+    assert_eq!(l[1]["drive"], "vd0");
+    assert_eq!(l[1]["split_seq"], 2);
+    assert_eq!(l[1]["time"], 1_700_000_002);
+    assert_eq!(l[2]["base_set"], 2);
+    assert_eq!(ok(&["archive", "verify", s(&tap)])["ok"], true);
+    assert_eq!(ok(&["archive", "verify", s(&tap), "--set", "3"])["sets_checked"], serde_json::json!([1, 2, 3]));
+    for n in 1..=3 {
+        let out = d.path().join(format!("r{n}.raw"));
+        let r = ok(&["archive", "restore", s(&tap), s(&out), "--set", &n.to_string()]);
+        assert_eq!(r["chain"].as_array().unwrap().len(), n);
+        assert_identical(&d.path().join(format!("snap{n}.qcow2")), &out);
+    }
+
+    // --full forces a full set; an explicit bitmap that does not exist is refused
+    let w = ok(&["archive", "write", s(&img), s(&tap), "--full"]);
+    assert_eq!((w["type"].as_str(), w["reason"].as_str()), (Some("full"), Some("--full was given")));
+    let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&tap), "--bitmap", "qsplit.since:1"]);
+    assert_ne!(code, 0);
+    assert!(e["error"].as_str().unwrap().contains("no persistent bitmap 'qsplit.since:1'"), "{e}");
+    // qsplit.since:2 exists, but the latest set of web1/vd0 is now split 3 (set 4): no chain
+    let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&tap), "--bitmap", "qsplit.since:2"]);
+    assert_ne!(code, 0);
+    assert!(e["error"].as_str().unwrap().contains("since split 2"), "{e}");
+    // automatic mode falls back to full and says why
+    let w = ok(&["archive", "write", s(&img), s(&tap)]);
+    assert_eq!(w["type"], "full");
+    assert!(w["reason"].as_str().unwrap().contains("builds on split 2"), "{w}");
+    let out = d.path().join("latest.raw");
+    ok(&["archive", "restore", s(&tap), s(&out)]);
+    assert_identical(&img, &out);
+}
+
+#[test]
+fn bitmaps_of_an_image_not_closed_cleanly_are_not_trusted() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("crashed.qcow2");
+    let tap = d.path().join("k.tap");
+    create(&img, "qcow2", "16M");
+    {
+        let mut q = Qemu::start(d.path());
+        q.open("n", &img);
+        q.bitmap_add("n", "qsplit.since:0", false);
+        q.io("n", "write -P 0x11 0 1M");
+        split_marker(&mut q, 1);
+        q.close("n");
+    }
+    ok(&["archive", "write", s(&img), s(&tap)]);
+    {
+        let mut q = Qemu::start(d.path());
+        next_split(&mut q, &img, 2, &["write -P 0x21 1M 64k"]);
+        // reopen and die without closing: the stored bitmaps stay flagged in-use
+        q.open("n", &img);
+        q.io("n", "write -P 0x22 3M 64k");
+    } // SIGKILL
+    let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&tap), "--bitmap", "qsplit.since:1"]);
+    assert_ne!(code, 0, "an in-use bitmap must not be used: {e}");
+    assert!(e["error"].as_str().unwrap().contains("in-use"), "{e}");
+    let w = ok(&["archive", "write", s(&img), s(&tap)]);
+    assert_eq!(w["type"], "full");
+    assert!(w["reason"].as_str().unwrap().contains("in-use"), "{w}");
+    let out = d.path().join("o.raw");
+    ok(&["archive", "restore", s(&tap), s(&out)]);
+    assert_identical(&img, &out);
+}
