@@ -1,5 +1,6 @@
 //! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.
 
+mod backup_tests;
 mod bench_pair;
 mod harness;
 mod pair_cycle_tests;

@@ -138,14 +138,21 @@ fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
         if p.op.is_some() {
             return; // an interrupted operation; recovery handles it
         }
-        let j = crate::pair::driver::qemu::job(&q, &vm.name, &job).await;
-        match (p.state, ev.name.as_str(), j) {
-            (State::Copying, "BLOCK_JOB_READY", Ok(Some(j))) if j.status == "ready" => {
+        // Re-check against QEMU now: an event queued behind an operation may be stale (the
+        // operation cancelled that mirror and started a new one with the same job id).
+        let j = crate::pair::driver::qemu::job(&q, &vm.name, &job).await.ok().flatten();
+        let status = j.as_ref().map(|j| j.status.clone()).unwrap_or_default();
+        let live = matches!(status.as_str(), "ready" | "running");
+        match (p.state, ev.name.as_str()) {
+            (State::Copying, "BLOCK_JOB_READY") if status == "ready" => {
                 let _ = ctx.apply(&p.vm, &p.drive, &Input::MirrorReady);
             }
-            (State::Copying | State::Duplex, "BLOCK_JOB_ERROR", Ok(Some(j))) if j.status != "ready" || ev.data["action"] == "stop" => {
-                let op = ev.data["operation"].as_str().unwrap_or("I/O").to_string();
+            (State::Copying | State::Duplex, "BLOCK_JOB_ERROR") => {
                 let io = crate::pair::driver::qemu::job_io_status(&q, &vm.name, &job).await.ok().flatten();
+                if live && io.as_deref().is_none_or(|s| s == "ok") {
+                    return; // the error was reported (action "report"/"ignore") and the job went on
+                }
+                let op = ev.data["operation"].as_str().unwrap_or("I/O").to_string();
                 let cause = if io.as_deref() == Some("nospace") { ": no space left on the target" } else { "" };
                 ctx.fault(
                     &p.vm,
@@ -158,7 +165,7 @@ fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
                     ),
                 );
             }
-            (State::Copying | State::Duplex, "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED", _) => {
+            (State::Copying | State::Duplex, "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED") if !live => {
                 let err = ev.data["error"].as_str().unwrap_or("ended unexpectedly");
                 ctx.fault(&p.vm, &p.drive, format!("the mirror job ended ({err}); run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
             }
