@@ -42,23 +42,38 @@ t0=$(date +%s.%N)
 mkdir -p "$out/debs"
 out=$(cd "$out" && pwd)
 
-# --- 1. resolve package versions (apt-cache reads local lists: no network) -------------------
-candidate() { # pkg -> candidate version or empty
-  apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; exit}' | grep -v '(none)' || true
-}
-kpkg=${QSPLIT_GUEST_KERNEL:-}
-if [ -z "$kpkg" ]; then
-  kpkg=$(apt-cache pkgnames linux-image-6.1.0- 2>/dev/null |
-    grep -E '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | sort -V | tail -1 || true)
-  [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-cloud-amd64 in the apt lists (run apt-get update?)"
-fi
-pkgs=("$kpkg" busybox-static qemu-guest-agent e2fsprogs)
+# --- 1. resolve package versions (apt-cache reads the local lists: no network) ---------------
+# apt-cache takes ~0.5 s per call, so the answer is cached while the apt lists, the installed
+# packages and QSPLIT_GUEST_KERNEL are unchanged.
+apt_key=$(
+  echo "kernel=${QSPLIT_GUEST_KERNEL:-}"
+  ls -l --time-style=+%s /var/lib/apt/lists/ /etc/apt/sources.list.d/ /etc/apt/preferences.d/ 2>/dev/null
+  stat -c '%n %Y %s' /var/lib/dpkg/status /etc/apt/sources.list 2>/dev/null
+) || true
+apt_key=$(sha256sum <<<"$apt_key" | cut -c1-64)
 declare -A ver=()
-for p in "${pkgs[@]}"; do
-  v=$(candidate "$p")
-  [ -n "$v" ] || die "package $p has no candidate version in the apt lists (run apt-get update?)"
-  ver[$p]=$v
-done
+if [ -f "$out/resolved" ] && [ "$(head -1 "$out/resolved")" = "$apt_key" ]; then
+  mapfile -t pkgs < <(sed -n '2,$p' "$out/resolved" | cut -d' ' -f1)
+  while read -r p v; do ver[$p]=$v; done < <(sed -n '2,$p' "$out/resolved")
+  kpkg=${pkgs[0]}
+else
+  kpkg=${QSPLIT_GUEST_KERNEL:-}
+  if [ -z "$kpkg" ]; then
+    kpkg=$(apt-cache pkgnames linux-image-6.1.0- 2>/dev/null |
+      grep -E '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | sort -V | tail -1 || true)
+    [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-cloud-amd64 in the apt lists (run apt-get update?)"
+  fi
+  pkgs=("$kpkg" busybox-static qemu-guest-agent e2fsprogs)
+  # One apt-cache call for all: "pkg:" header lines, then "  Candidate: version".
+  while read -r p v; do ver[$p]=$v; done < <(apt-cache policy "${pkgs[@]}" 2>/dev/null |
+    awk '/^[^ ].*:$/{p=substr($0, 1, length($0)-1)} /^  Candidate:/{print p, $2}')
+  for p in "${pkgs[@]}"; do
+    v=${ver[$p]:-}
+    [ -n "$v" ] && [ "$v" != "(none)" ] ||
+      die "package $p has no candidate version in the apt lists (run apt-get update?)"
+  done
+  { echo "$apt_key"; for p in "${pkgs[@]}"; do echo "$p ${ver[$p]}"; done; } >"$out/resolved"
+fi
 
 # --- 2. download missing .debs (cached by name and version) --------------------------------
 debfile() { # pkg -> path of its cached .deb for the resolved version
@@ -83,8 +98,44 @@ for p in "${pkgs[@]}"; do
 done
 
 # --- 3. extract each .deb once (cached per .deb) --------------------------------------------
+# The kernel package is 100+ MB unpacked: keep only vmlinuz and the modules the guest loads.
+# The guest has no modprobe/depmod: /init insmods lib/modules/order top to bottom, so every
+# module comes after the modules it depends on (read from each .ko's "depends=" modinfo field).
+want=(virtio_pci virtio_blk virtio_console)
 xroot() { printf '%s/x/%s' "$out" "$(basename "$(debfile "$1")" .deb)"; }
-for p in "${pkgs[@]}"; do
+kver=${kpkg#linux-image-}
+kx=$(xroot "$kpkg")
+if [ "$(cat "$kx/.done" 2>/dev/null)" != "${want[*]}" ]; then
+  rm -rf "$kx" "$kx.full"
+  mkdir -p "$kx/modules" "$kx.full"
+  dpkg-deb -x "$(debfile "$kpkg")" "$kx.full" || die "dpkg-deb -x $(debfile "$kpkg") failed"
+  moddir="$kx.full/lib/modules/$kver/kernel"
+  [ -f "$kx.full/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $kpkg"
+  cp "$kx.full/boot/vmlinuz-$kver" "$kx/vmlinuz"
+  modules=()
+  modpath() { # module name -> path under $moddir (relative)
+    local f
+    f=$(cd "$moddir" && find . \( -name "$1.ko" -o -name "${1//_/-}.ko" \) -print -quit)
+    [ -n "$f" ] || die "module $1 not found in $kpkg (compressed modules are not handled)"
+    echo "${f#./}"
+  }
+  add_module() { # depth-first: dependencies first
+    local name=$1 path dep deps m
+    for m in "${modules[@]}"; do [ "${m##*/}" = "$name.ko" ] && return 0; done
+    path=$(modpath "$name")
+    deps=$(grep -a -o 'depends=[A-Za-z0-9_,-]*' "$moddir/$path" | head -1) ||
+      die "cannot read the modinfo of $path"
+    deps=${deps#depends=}
+    for dep in ${deps//,/ }; do add_module "$dep"; done
+    modules+=("$path")
+  }
+  for w in "${want[@]}"; do add_module "$w"; done
+  for m in "${modules[@]}"; do cp "$moddir/$m" "$kx/modules/"; done
+  printf '%s\n' "${modules[@]##*/}" >"$kx/modules/order"
+  rm -rf "$kx.full"
+  echo "${want[*]}" >"$kx/.done"
+fi
+for p in busybox-static qemu-guest-agent e2fsprogs; do
   d=$(xroot "$p")
   if [ ! -f "$d/.done" ]; then
     rm -rf "$d"; mkdir -p "$d"
@@ -92,32 +143,7 @@ for p in "${pkgs[@]}"; do
     touch "$d/.done"
   fi
 done
-kx=$(xroot "$kpkg"); bx=$(xroot busybox-static); qx=$(xroot qemu-guest-agent); ex=$(xroot e2fsprogs)
-kver=${kpkg#linux-image-}
-vmlinuz_src="$kx/boot/vmlinuz-$kver"
-[ -f "$vmlinuz_src" ] || die "no $vmlinuz_src in $kpkg"
-moddir="$kx/lib/modules/$kver/kernel"
-# The guest has no modprobe/depmod: /init insmods lib/modules/order top to bottom, so every
-# module comes after the modules it depends on (read from each .ko's "depends=" modinfo field).
-want=(virtio_pci virtio_blk virtio_console)
-modules=()
-modpath() { # module name -> path under $moddir (relative)
-  local f
-  f=$(cd "$moddir" && find . \( -name "$1.ko" -o -name "${1//_/-}.ko" \) -print -quit)
-  [ -n "$f" ] || die "module $1 not found in $kpkg (compressed modules are not handled)"
-  echo "${f#./}"
-}
-add_module() { # depth-first: dependencies first
-  local name=$1 path dep deps
-  for m in "${modules[@]}"; do [ "${m##*/}" = "$name.ko" ] && return 0; done
-  path=$(modpath "$name")
-  deps=$(grep -a -o 'depends=[A-Za-z0-9_,-]*' "$moddir/$path" | head -1) ||
-    die "cannot read the modinfo of $path"
-  deps=${deps#depends=}
-  for dep in ${deps//,/ }; do add_module "$dep"; done
-  modules+=("$path")
-}
-for w in "${want[@]}"; do add_module "$w"; done
+bx=$(xroot busybox-static); qx=$(xroot qemu-guest-agent); ex=$(xroot e2fsprogs)
 bins=("$qx/usr/sbin/qemu-ga" "$ex/sbin/mke2fs")
 for b in "${bins[@]}" "$bx/bin/busybox"; do [ -x "$b" ] || die "missing binary $b"; done
 
@@ -170,8 +196,7 @@ for l in "${libs[@]}"; do
 done
 # The loader path in the ELF interpreter field is /lib64/ld-linux-x86-64.so.2; on Debian /lib64
 # and /lib are real dirs in the initramfs here (no usrmerge symlinks needed).
-for m in "${modules[@]}"; do cp "$moddir/$m" "$stage/lib/modules/"; done
-printf '%s\n' "${modules[@]##*/}" >"$stage/lib/modules/order"
+cp "$kx"/modules/* "$stage/lib/modules/"
 install -m 0755 "$here/guest/init" "$stage/init"
 for f in "$here"/guest/*; do
   [ "$(basename "$f")" = init ] && continue
@@ -187,7 +212,7 @@ printf 'root:x:0:\n' >"$stage/etc/group"
 tmp_initrd="$initrd.tmp.$$"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
   cpio -o -H newc --quiet -R 0:0 | gzip -6 -n) >"$tmp_initrd" || die "cpio/gzip failed"
-cp "$vmlinuz_src" "$kernel.tmp.$$"
+cp "$kx/vmlinuz" "$kernel.tmp.$$"
 mv -f "$kernel.tmp.$$" "$kernel"
 mv -f "$tmp_initrd" "$initrd"
 rm -rf "$stage"
