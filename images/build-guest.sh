@@ -69,8 +69,9 @@ else
     awk '/^[^ ].*:$/{p=substr($0, 1, length($0)-1)} /^  Candidate:/{print p, $2}')
   for p in "${pkgs[@]}"; do
     v=${ver[$p]:-}
-    [ -n "$v" ] && [ "$v" != "(none)" ] ||
+    if [ -z "$v" ] || [ "$v" = "(none)" ]; then
       die "package $p has no candidate version in the apt lists (run apt-get update?)"
+    fi
   done
   { echo "$apt_key"; for p in "${pkgs[@]}"; do echo "$p ${ver[$p]}"; done; } >"$out/resolved"
 fi

@@ -20,9 +20,9 @@
 #     -append 'console=ttyS0 panic=-1 loglevel=4 qsplit.workload=on ...'
 #     -serial file:DIR/console.log
 #     -qmp unix:DIR/qmp.sock,server=on,wait=off
-#     -device virtio-serial-pci,id=vser0
+#     -device "virtio-serial-pci,id=vser0"
 #     -chardev socket,id=qga0,path=DIR/qga.sock,server=on,wait=off
-#     -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0
+#     -device "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"
 #     -chardev socket,id=ctl0,path=DIR/ctl.sock,server=on,wait=off
 #     -device virtserialport,bus=vser0.0,chardev=ctl0,name=org.qsplit.ctl
 #     -blockdev driver=qcow2,node-name=diskN,file.driver=file,file.filename=PATH,cache.direct=off
@@ -51,7 +51,9 @@ done
 
 kernel=$here/out/vmlinuz
 initrd=$here/out/initrd.gz
-[ -s "$kernel" ] && [ -s "$initrd" ] || die "no guest built: run images/build-guest.sh first"
+if [ ! -s "$kernel" ] || [ ! -s "$initrd" ]; then
+  die "no guest built: run images/build-guest.sh first"
+fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (tools/install.sh)"
 if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/qsplit-guest.XXXXXX); fi
 mkdir -p "$dir"
@@ -63,11 +65,11 @@ cmd=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
   -append "console=ttyS0 panic=-1 loglevel=4 $append"
   -serial "file:$dir/console.log"
   -qmp "unix:$dir/qmp.sock,server=on,wait=off"
-  -device virtio-serial-pci,id=vser0
+  -device "virtio-serial-pci,id=vser0"
   -chardev "socket,id=qga0,path=$dir/qga.sock,server=on,wait=off"
-  -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0
+  -device "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"
   -chardev "socket,id=ctl0,path=$dir/ctl.sock,server=on,wait=off"
-  -device virtserialport,bus=vser0.0,chardev=ctl0,name=org.qsplit.ctl)
+  -device "virtserialport,bus=vser0.0,chardev=ctl0,name=org.qsplit.ctl")
 i=0
 for d in "${disks[@]}"; do
   [ -f "$d" ] || die "no such disk image: $d"
