@@ -6,6 +6,7 @@
 #                       (default: a new temporary folder, printed)
 #     --append "ARGS"   extra kernel parameters, e.g. "qsplit.workload=off qsplit.rate=1048576"
 #     --accel ACCEL     tcg (default, or $QSPLIT_ACCEL) | kvm | ...
+#     --machine TYPE    QEMU machine type (default q35)
 #     --mem MB          guest memory (default 256)
 #     --smp N           vCPUs (default 1)
 #     --background      start QEMU daemonized, print its pid and the paths, return at once
@@ -32,18 +33,19 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 die() { echo "run-guest: error: $*" >&2; exit 1; }
 
-dir="" append="" accel=${QSPLIT_ACCEL:-tcg} mem=256 smp=1 background=0 print=0
+dir="" append="" accel=${QSPLIT_ACCEL:-tcg} machine=q35 mem=256 smp=1 background=0 print=0
 disks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
+    --machine) machine=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
     --background) background=1; shift ;;
     --print) print=1; shift ;;
-    -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) disks+=("$1"); shift ;;
   esac
@@ -55,12 +57,16 @@ if [ ! -s "$kernel" ] || [ ! -s "$initrd" ]; then
   die "no guest built: run images/build-guest.sh first"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (tools/install.sh)"
-if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/qsplit-guest.XXXXXX); fi
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+if [ -z "$dir" ]; then
+  if [ "$print" -eq 1 ]; then dir=DIR; else dir=$(mktemp -d /tmp/qsplit-guest.XXXXXX); fi
+fi
+if [ "$print" -eq 0 ]; then
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+fi
 
 cmd=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
-  -machine "q35,accel=$accel" -cpu max -m "$mem" -smp "$smp"
+  -machine "$machine,accel=$accel" -cpu max -m "$mem" -smp "$smp"
   -kernel "$kernel" -initrd "$initrd"
   -append "console=ttyS0 panic=-1 loglevel=4 $append"
   -serial "file:$dir/console.log"
@@ -82,7 +88,13 @@ for d in "${disks[@]}"; do
 done
 
 if [ "$print" -eq 1 ]; then
-  printf '%q ' "${cmd[@]}"
+  # shell-quoted only where needed (single quotes), one line
+  for a in "${cmd[@]}"; do
+    case "$a" in
+      *[!A-Za-z0-9_./,=:+@%-]*) printf "'%s' " "${a//\'/\'\\\'\'}" ;;
+      *) printf '%s ' "$a" ;;
+    esac
+  done
   echo
   exit 0
 fi
