@@ -27,7 +27,7 @@ force=0
 case "${1:-}" in
   --force) force=1 ;;
   "") ;;
-  -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+  -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
   *) echo "build-guest: unknown argument: $1" >&2; exit 2 ;;
 esac
 

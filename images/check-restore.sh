@@ -38,7 +38,7 @@ imgs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --crash) mode=crash; shift ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) imgs+=("$1"); shift ;;
   esac

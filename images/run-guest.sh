@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
     --smp) smp=$2; shift 2 ;;
     --background) background=1; shift ;;
     --print) print=1; shift ;;
-    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) disks+=("$1"); shift ;;
   esac
