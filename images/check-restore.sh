@@ -112,8 +112,9 @@ for img in "${imgs[@]}"; do
     debugfs -f "$w/cmds" "$src" >/dev/null 2>"$w/debugfs.err" || true
   }
   dump MANIFEST DISK SEQ
-  disk=$(tr -d '\n' <"$w/files/DISK" 2>/dev/null || echo "")
-  seq=$(tr -d '\n' <"$w/files/SEQ" 2>/dev/null || echo "")
+  disk="" seq=""
+  [ -f "$w/files/DISK" ] && disk=$(tr -d '\n' <"$w/files/DISK")
+  [ -f "$w/files/SEQ" ] && seq=$(tr -d '\n' <"$w/files/SEQ")
   [[ "$seq" =~ ^[0-9]+$ ]] || seq=0
   man=$w/files/MANIFEST
   touch "$man"
