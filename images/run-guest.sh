@@ -79,8 +79,8 @@ cmd=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
 i=0
 for d in "${disks[@]}"; do
   [ -f "$d" ] || die "no such disk image: $d"
-  fmt=$(qemu-img info -U --output=json "$d" | sed -n 's/^ *"format": "\([a-z0-9]*\)".*/\1/p' | head -1) ||
-    die "qemu-img info $d failed"
+  info=$(qemu-img info -U "$d") || die "qemu-img info $d failed"
+  fmt=$(sed -n 's/^file format: //p' <<<"$info" | head -1)
   case "$fmt" in qcow2 | raw) ;; *) die "$d: unsupported format $fmt (qcow2 or raw)" ;; esac
   cmd+=(-blockdev "driver=$fmt,node-name=disk$i,file.driver=file,file.filename=$(realpath "$d"),cache.direct=off"
     -device "virtio-blk-pci,drive=disk$i,id=vd$i")
