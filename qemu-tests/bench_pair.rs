@@ -53,7 +53,9 @@ async fn bench_pair() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("qsplit-bench-").tempdir()?;
     let disk = dir.path().join("primary.qcow2");
     img::create(&disk, Format::Qcow2, size)?;
-    img::run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P 0xab 0 {size}"), disk.to_str().unwrap()])?;
+    for i in 0..size / GIB {
+        img::run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P 0xab {} {GIB}", i * GIB), disk.to_str().unwrap()])?;
+    }
     let vm = VmBuilder::new("bench").dir(dir.path()).existing_disk(&disk, Format::Qcow2).start().await?;
     let d = Daemon::start()?;
     let w = 256 * MIB;

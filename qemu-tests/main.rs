@@ -2,6 +2,7 @@
 
 mod backup_tests;
 mod bench_pair;
+mod guest_tests;
 mod harness;
 mod pair_cycle_tests;
 mod pair_fault_tests;

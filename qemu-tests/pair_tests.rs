@@ -22,6 +22,18 @@ pub fn attach_and_pair(d: &Daemon, vm: &harness::Vm, devices: &[&str]) -> anyhow
     Ok(())
 }
 
+/// Like `attach_and_pair`, with the VM's guest agent socket.
+pub fn attach_and_pair_qga(d: &Daemon, vm: &harness::Vm, devices: &[&str]) -> anyhow::Result<()> {
+    let qga = vm.qga_path.clone().expect("vm built with .guest_agent()");
+    d.cli_json(&["vm", "attach", &vm.name, "--qmp", s(&vm.qmp_path), "--qga", s(&qga)])?;
+    for dev in devices {
+        let target = vm.dir().join(format!("{dev}-sec.qcow2"));
+        d.cli_json(&["pair", "create", &vm.name, dev, "--target", s(&target)])?;
+    }
+    d.cli_json(&["pair", "wait", &vm.name, "--state", "duplex", "--timeout", "60"])?;
+    Ok(())
+}
+
 pub fn status_of(d: &Daemon, vm: &str, dev: &str) -> anyhow::Result<Value> {
     let all = d.cli_json(&["pair", "status", vm])?;
     Ok(all.as_array().unwrap().iter().find(|p| p["drive"] == dev).cloned().expect("pair listed"))

@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod guest;
 pub mod img;
 pub mod process;
 pub mod vm;

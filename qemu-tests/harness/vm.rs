@@ -60,12 +60,13 @@ pub struct VmBuilder {
     disks: Vec<DiskSpec>,
     paused: bool,
     qga: bool,
+    memory_mb: u32,
     args: Vec<String>,
 }
 
 impl VmBuilder {
     pub fn new(name: &str) -> VmBuilder {
-        VmBuilder { name: name.to_string(), dir: None, disks: Vec::new(), paused: false, qga: false, args: Vec::new() }
+        VmBuilder { name: name.to_string(), dir: None, disks: Vec::new(), paused: false, qga: false, memory_mb: 64, args: Vec::new() }
     }
 
     /// Adds a fresh qcow2 disk of `size` bytes.
@@ -99,6 +100,12 @@ impl VmBuilder {
     /// Adds `-device virtio-serial` and a port `org.qemu.guest_agent.0` on `qga.sock`.
     pub fn guest_agent(mut self) -> VmBuilder {
         self.qga = true;
+        self
+    }
+
+    /// Guest RAM in MiB (default 64, enough for a block-only VM).
+    pub fn memory(mut self, mb: u32) -> VmBuilder {
+        self.memory_mb = mb;
         self
     }
 
@@ -167,7 +174,7 @@ impl VmBuilder {
         let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
         let mut c = Command::new(env("QSPLIT_QEMU", "qemu-system-x86_64"));
         let machine = format!("{},accel={}", env("QSPLIT_TEST_MACHINE", "q35"), env("QSPLIT_TEST_ACCEL", "tcg"));
-        c.args(["-nodefaults", "-no-user-config", "-display", "none", "-machine", &machine, "-m", "64"]);
+        c.args(["-nodefaults", "-no-user-config", "-display", "none", "-machine", &machine, "-m", &self.memory_mb.to_string()]);
         c.args(["-name", &self.name]);
         for (id, path) in [("qmp-daemon", qmp), ("qmp-test", test_qmp)] {
             c.args(["-chardev", &format!("socket,id={id},path={},server=on,wait=off", path.display())]);

@@ -47,7 +47,10 @@ pub struct DiskResult {
     pub resync_bytes: u64,
     pub resync_pause_ms: f64,
     pub resync_full: bool,
+    /// Bytes QEMU read of its disks while this image was archived (see `qemu_reads`).
     pub primary_bytes_read: Option<u64>,
+    /// The raw growth of QEMU's `rchar` in the same window (main-loop reads included).
+    pub qemu_rchar: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,14 +75,36 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
 }
 
-/// `rchar` of the QEMU process behind the VM's QMP connection.
-fn qemu_rchar(vm: &VmRt) -> Option<u64> {
+/// QEMU's read counters at one moment: the whole process, and its main-loop thread.
+#[derive(Clone, Copy)]
+struct Reads {
+    process: u64,
+    main_loop: u64,
+}
+
+/// `rchar` of the QEMU process behind the VM's QMP connection, and of its main thread.
+///
+/// `rchar` counts bytes through read(2)-family calls. QEMU's main loop reads eventfds and
+/// chardev sockets all the time (a few KB/s with an idle guest), never image data: with the
+/// default `aio=threads`, image reads run on the thread pool's workers. So the bytes QEMU read
+/// of its disks in a window are the process's growth minus the main thread's growth. (With
+/// `aio=io_uring` or `native`, image reads bypass read(2) and `rchar` cannot show them.)
+fn qemu_reads(vm: &VmRt) -> Option<Reads> {
     let pid = vm.connected()?.peer_pid()?;
-    crate::qmp::peer::process_rchar(pid).ok()
+    Some(Reads {
+        process: crate::qmp::peer::process_rchar(pid).ok()?,
+        main_loop: crate::qmp::peer::thread_rchar(pid, pid).ok()?,
+    })
+}
+
+fn disk_reads(before: Option<Reads>, after: Option<Reads>) -> Option<(u64, u64)> {
+    let (b, a) = (before?, after?);
+    let total = a.process.saturating_sub(b.process);
+    Some((total.saturating_sub(a.main_loop.saturating_sub(b.main_loop)), total))
 }
 
 /// Archives one split image (blocking copier on a thread) and measures QEMU's reads meanwhile.
-async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Result<(archive::WriteReport, Option<u64>), ApiError> {
+async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Result<(archive::WriteReport, Option<(u64, u64)>), ApiError> {
     let opts = WriteOptions {
         image: p.target.clone(),
         archive: target.path.clone(),
@@ -91,13 +116,13 @@ async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Resul
         block_size: target.block_size,
         progress: false,
     };
-    let before = qemu_rchar(vm);
+    let before = qemu_reads(vm);
     let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts))
         .await
         .map_err(internal)?
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{}: archiving {} into {}: {e:#}", p.label(), p.target.display(), target.path.display())))?;
-    let after = qemu_rchar(vm);
-    Ok((rep, before.zip(after).map(|(b, a)| a.saturating_sub(b))))
+    let after = qemu_reads(vm);
+    Ok((rep, disk_reads(before, after)))
 }
 
 /// Whether the archive already holds a set of this disk from split `seq`.
@@ -110,7 +135,7 @@ fn archived(path: &Path, p: &PairRecord, seq: u64) -> bool {
         .unwrap_or(false)
 }
 
-fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, rchar: Option<u64>) -> DiskResult {
+fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, reads: Option<(u64, u64)>) -> DiskResult {
     DiskResult {
         drive: p.drive.clone(),
         image: p.target.clone(),
@@ -123,7 +148,8 @@ fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, rcha
         resync_bytes: 0,
         resync_pause_ms: 0.0,
         resync_full: false,
-        primary_bytes_read: rchar,
+        primary_bytes_read: reads.map(|r| r.0),
+        qemu_rchar: reads.map(|r| r.1),
     }
 }
 
@@ -197,6 +223,7 @@ pub async fn run_cycle(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget, freeze: Opt
                     serde_json::to_value(&rep).unwrap_or_default(),
                 );
                 disks.push(disk_result(p, Some(&rep), t.elapsed().as_millis() as u64, rchar));
+                crate::daemon::crash_point(ctx, "backup-archiving");
             }
             Err(e) => {
                 ctx.events.note("error", &vm.name, Some(&p.drive), e.message.clone(), Value::Null);

@@ -39,6 +39,14 @@ pub fn process_rchar(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
 }
 
+/// `rchar` of one thread of a process (`/proc/PID/task/TID/io`).
+pub fn thread_rchar(pid: u32, tid: u32) -> std::io::Result<u64> {
+    let path = format!("/proc/{pid}/task/{tid}/io");
+    let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    parse_io_field(&text, "rchar")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
+}
+
 /// The value of `name: N` in the text of a `/proc/PID/io` file.
 fn parse_io_field(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| {
