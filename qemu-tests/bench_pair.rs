@@ -92,10 +92,11 @@ async fn bench_pair() -> anyhow::Result<()> {
         for i in 0..pieces {
             vm.write("vd0", i * stride * MIB, MIB, (0x30 + pct) as u8).await?;
         }
+        // Baseline while split (no mirror on the primary): a full re-mirror to a fresh image.
+        let base_s = full_remirror(&vm, "disk0", size).await?;
         let t = Instant::now();
         let r = d.cli_json(&["pair", "resync", "bench", "--max-pause-ms", "20"])?;
         let resync_s = t.elapsed().as_secs_f64();
-        let base_s = full_remirror(&vm, "disk0", size).await?;
         rows.push(format!(
             "| {pct} % ({} MiB dirty) | {} MiB in {} passes | {resync_s:.2} s | {base_s:.2} s | {:.3}x | {:.1} ms | {:.1} ms |",
             pieces,
