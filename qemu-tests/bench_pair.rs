@@ -25,7 +25,11 @@ async fn full_remirror(vm: &harness::Vm, node: &str, size: u64) -> anyhow::Resul
     m.execute_value("blockdev-add", json!({"driver": "qcow2", "node-name": "base", "file": {"driver": "file", "filename": fresh}})).await?;
     let mut ev = m.events();
     let t = Instant::now();
-    m.execute_value("blockdev-mirror", json!({"job-id": "basejob", "device": node, "target": "base", "sync": "full", "copy-mode": "write-blocking"})).await?;
+    m.execute_value(
+        "blockdev-mirror",
+        json!({"job-id": "basejob", "device": node, "target": "base", "sync": "full", "copy-mode": "write-blocking"}),
+    )
+    .await?;
     loop {
         let e = tokio::time::timeout(Duration::from_secs(600), ev.recv()).await??;
         if e.name == "BLOCK_JOB_READY" && e.data["device"] == "basejob" {

@@ -48,7 +48,8 @@ async fn five_frozen_cycles_restore_consistent_filesystems() -> anyhow::Result<(
                 assert_eq!(disk["primary_bytes_read"], 0, "cycle {cycle}: QEMU read its disk while archiving: {disk}");
             }
         }
-        let set_of = |dev: &str| r["disks"].as_array().unwrap().iter().find(|x| x["drive"] == dev).unwrap()["archive_set"].as_u64().unwrap();
+        let set_of =
+            |dev: &str| r["disks"].as_array().unwrap().iter().find(|x| x["drive"] == dev).unwrap()["archive_set"].as_u64().unwrap();
         sets.push((set_of("vd0"), set_of("vd1")));
         d.cli_json(&["pair", "wait", "g1", "--state", "duplex", "--timeout", "60"])?;
     }

@@ -74,12 +74,8 @@ async fn split_holds_the_instant_and_resync_copies_only_the_delta() -> anyhow::R
     }
     // It carries its identity and the changes-since bitmap.
     let info = img::info(&image)?;
-    let names: Vec<String> = info["format-specific"]["data"]["bitmaps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<String> =
+        info["format-specific"]["data"]["bitmaps"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap().to_string()).collect();
     assert!(names.iter().any(|n| n.starts_with("qsplit.id:vm=p1:drive=vd0:seq=1:")), "{names:?}");
     assert!(names.iter().any(|n| n == "qsplit.since:0"), "{names:?}");
     let st = status_of(&d, "p1", "vd0")?;

@@ -17,9 +17,7 @@ async fn next_event(events: &mut tokio::sync::broadcast::Receiver<qsplit::qmp::Q
             }
         }
     };
-    tokio::time::timeout(scaled(Duration::from_secs(10)), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {name} event within 10 s"))
+    tokio::time::timeout(scaled(Duration::from_secs(10)), wait).await.unwrap_or_else(|_| panic!("no {name} event within 10 s"))
 }
 
 #[tokio::test]
@@ -58,11 +56,8 @@ async fn typed_block_job_replies_decode() -> anyhow::Result<()> {
     img::create(&target, Format::Qcow2, 16 * MIB)?;
     let qmp = Qmp::connect(&vm.qmp_path, CONNECT).await?;
     let mut events = qmp.events();
-    qmp.execute_value(
-        "blockdev-add",
-        json!({"driver": "qcow2", "node-name": "sec0", "file": {"driver": "file", "filename": target}}),
-    )
-    .await?;
+    qmp.execute_value("blockdev-add", json!({"driver": "qcow2", "node-name": "sec0", "file": {"driver": "file", "filename": target}}))
+        .await?;
     qmp.execute_value(
         "blockdev-mirror",
         json!({"job-id": "m0", "device": "disk0", "target": "sec0", "sync": "full", "copy-mode": "write-blocking"}),

@@ -71,13 +71,13 @@ impl Daemon {
 
     /// Runs `qsplit --socket S ARGS...` and returns its output, whatever the exit status.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let out = Command::new(qsplit_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .context("cannot run qsplit")?;
-        tracing::debug!("qsplit {args:?}: {} stdout={} stderr={}", out.status, String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim());
+        let out = Command::new(qsplit_bin()).arg("--socket").arg(&self.socket).args(args).output().context("cannot run qsplit")?;
+        tracing::debug!(
+            "qsplit {args:?}: {} stdout={} stderr={}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         Ok(out)
     }
 

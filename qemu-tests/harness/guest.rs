@@ -135,7 +135,8 @@ pub fn check_restore(images: &[&Path], crash: bool) -> anyhow::Result<Value> {
     let out = c.output().context("images/check-restore.sh")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
-    let v: Value = serde_json::from_str(last).with_context(|| format!("check-restore output: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value =
+        serde_json::from_str(last).with_context(|| format!("check-restore output: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))?;
     if !out.status.success() || v["ok"] != true {
         bail!("check-restore failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     }

@@ -31,12 +31,7 @@ impl Format {
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {}: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -60,19 +55,11 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
 
 /// `qemu-img compare` (not strict: allocation may differ): true when both images have the same guest-visible content.
 pub fn identical(a: &Path, b: &Path) -> anyhow::Result<bool> {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-U", path_str(a)?, path_str(b)?])
-        .output()
-        .context("cannot run qemu-img")?;
+    let out = Command::new("qemu-img").args(["compare", "-U", path_str(a)?, path_str(b)?]).output().context("cannot run qemu-img")?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        _ => bail!(
-            "qemu-img compare {} {}: {}",
-            a.display(),
-            b.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        _ => bail!("qemu-img compare {} {}: {}", a.display(), b.display(), String::from_utf8_lossy(&out.stderr).trim()),
     }
 }
 

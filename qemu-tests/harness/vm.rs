@@ -151,8 +151,8 @@ impl VmBuilder {
         let test_qmp_path = dir.join("qmp-test.sock");
         let qga_path = self.qga.then(|| dir.join("qga.sock"));
         let cmd = self.command(&disks, &qmp_path, &test_qmp_path, qga_path.as_deref());
-        let mut proc = Proc::spawn("qemu", cmd, &dir)
-            .map_err(|e| anyhow::anyhow!("{e:#} (is QEMU installed? tools/install.sh installs it)"))?;
+        let mut proc =
+            Proc::spawn("qemu", cmd, &dir).map_err(|e| anyhow::anyhow!("{e:#} (is QEMU installed? tools/install.sh installs it)"))?;
         let monitor = connect_test_monitor(&mut proc, &test_qmp_path).await?;
         Ok(Vm {
             name: self.name.clone(),
@@ -250,10 +250,7 @@ impl Vm {
 
     /// The disk with device id (`vd0`) or node name (`disk0`) `id`.
     pub fn disk(&self, id: &str) -> &Disk {
-        self.disks
-            .iter()
-            .find(|d| d.device == id || d.node == id)
-            .unwrap_or_else(|| panic!("vm {}: no disk {id}", self.name))
+        self.disks.iter().find(|d| d.device == id || d.node == id).unwrap_or_else(|| panic!("vm {}: no disk {id}", self.name))
     }
 
     /// The harness's own QMP connection (the second monitor).

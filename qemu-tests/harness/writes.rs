@@ -51,10 +51,7 @@ impl WriteLog {
 
     /// Bytes covered by writes after the mark `from` (overlaps counted once): what changed.
     pub fn bytes_written_since(&self, from: usize) -> u64 {
-        let mut ext: Vec<(u64, u64)> = self.writes[from.min(self.writes.len())..]
-            .iter()
-            .map(|w| (w.offset, w.offset + w.len))
-            .collect();
+        let mut ext: Vec<(u64, u64)> = self.writes[from.min(self.writes.len())..].iter().map(|w| (w.offset, w.offset + w.len)).collect();
         ext.sort_unstable();
         let (mut total, mut end) = (0u64, 0u64);
         for (s, e) in ext {
@@ -75,10 +72,7 @@ pub fn first_mismatch(actual: &[u8], expected: &[u8]) -> Option<String> {
     }
     let i = actual.iter().zip(expected).position(|(a, e)| a != e)?;
     let run = actual[i..].iter().zip(&expected[i..]).take_while(|(a, e)| a != e).count();
-    Some(format!(
-        "at offset {i} (0x{i:x}): 0x{:02x} instead of 0x{:02x}, {run} differing bytes in a row",
-        actual[i], expected[i]
-    ))
+    Some(format!("at offset {i} (0x{i:x}): 0x{:02x} instead of 0x{:02x}, {run} differing bytes in a row", actual[i], expected[i]))
 }
 
 /// Reproducible random extents inside a disk (xorshift64*; no external crate).
@@ -123,9 +117,10 @@ impl RandomWrites {
 
 /// The seed from `QSPLIT_TEST_SEED`, else one from the clock; printed so a failure can be replayed.
 pub fn test_seed() -> u64 {
-    let seed = std::env::var("QSPLIT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("QSPLIT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
     eprintln!("QSPLIT_TEST_SEED={seed}");
     seed
 }
@@ -143,7 +138,10 @@ mod tests {
         assert_eq!(log.expected(10, 2), [0, 0, 1, 1, 2, 2, 2, 2, 0, 0]);
         assert_eq!(log.bytes_written_since(0), 6);
         assert_eq!(log.bytes_written_since(1), 4);
-        assert_eq!(first_mismatch(&[0, 1, 1, 0], &[0, 2, 2, 0]).unwrap(), "at offset 1 (0x1): 0x01 instead of 0x02, 2 differing bytes in a row");
+        assert_eq!(
+            first_mismatch(&[0, 1, 1, 0], &[0, 2, 2, 0]).unwrap(),
+            "at offset 1 (0x1): 0x01 instead of 0x02, 2 differing bytes in a row"
+        );
         assert!(first_mismatch(&[1], &[1]).is_none());
     }
 

@@ -14,8 +14,14 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    VmAttach { name: String, qmp: PathBuf, qga: Option<PathBuf> },
-    VmDetach { name: String },
+    VmAttach {
+        name: String,
+        qmp: PathBuf,
+        qga: Option<PathBuf>,
+    },
+    VmDetach {
+        name: String,
+    },
     VmList,
     PairCreate {
         vm: String,
@@ -25,13 +31,37 @@ pub enum Request {
         #[serde(default)]
         debug_target_file: Option<serde_json::Value>,
     },
-    PairStatus { vm: Option<String> },
-    PairWait { vm: String, drive: Option<String>, state: State, timeout_s: Option<f64> },
-    PairSplit { vm: String, drives: Vec<String>, freeze: Option<bool> },
-    PairResync { vm: String, drives: Vec<String>, max_pause_ms: Option<u64> },
-    PairDelete { vm: String, drives: Vec<String> },
-    Events { follow: bool },
-    Backup { vm: String, archive: PathBuf, freeze: Option<bool> },
+    PairStatus {
+        vm: Option<String>,
+    },
+    PairWait {
+        vm: String,
+        drive: Option<String>,
+        state: State,
+        timeout_s: Option<f64>,
+    },
+    PairSplit {
+        vm: String,
+        drives: Vec<String>,
+        freeze: Option<bool>,
+    },
+    PairResync {
+        vm: String,
+        drives: Vec<String>,
+        max_pause_ms: Option<u64>,
+    },
+    PairDelete {
+        vm: String,
+        drives: Vec<String>,
+    },
+    Events {
+        follow: bool,
+    },
+    Backup {
+        vm: String,
+        archive: PathBuf,
+        freeze: Option<bool>,
+    },
 }
 
 /// Error categories a client may branch on.

@@ -63,7 +63,10 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<Result<serde_json::V
     let mut line = String::new();
     r.read_line(&mut line).context("reading the daemon's reply")?;
     if line.is_empty() {
-        return Ok(Err(ApiError::new(ErrorKind::Internal, "the daemon closed the connection without answering (did it exit? see its log)")));
+        return Ok(Err(ApiError::new(
+            ErrorKind::Internal,
+            "the daemon closed the connection without answering (did it exit? see its log)",
+        )));
     }
     decode(&line)
 }

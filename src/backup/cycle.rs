@@ -91,10 +91,7 @@ struct Reads {
 /// `aio=io_uring` or `native`, image reads bypass read(2) and `rchar` cannot show them.)
 fn qemu_reads(vm: &VmRt) -> Option<Reads> {
     let pid = vm.connected()?.peer_pid()?;
-    Some(Reads {
-        process: crate::qmp::peer::process_rchar(pid).ok()?,
-        main_loop: crate::qmp::peer::thread_rchar(pid, pid).ok()?,
-    })
+    Some(Reads { process: crate::qmp::peer::process_rchar(pid).ok()?, main_loop: crate::qmp::peer::thread_rchar(pid, pid).ok()? })
 }
 
 fn disk_reads(before: Option<Reads>, after: Option<Reads>) -> Option<(u64, u64)> {
@@ -117,10 +114,9 @@ async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Resul
         progress: false,
     };
     let before = qemu_reads(vm);
-    let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts))
-        .await
-        .map_err(internal)?
-        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{}: archiving {} into {}: {e:#}", p.label(), p.target.display(), target.path.display())))?;
+    let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts)).await.map_err(internal)?.map_err(|e| {
+        ApiError::new(ErrorKind::Internal, format!("{}: archiving {} into {}: {e:#}", p.label(), p.target.display(), target.path.display()))
+    })?;
     let after = qemu_reads(vm);
     Ok((rep, disk_reads(before, after)))
 }
@@ -140,7 +136,9 @@ fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, read
         drive: p.drive.clone(),
         image: p.target.clone(),
         archive_set: rep.map(|r| r.set).unwrap_or(0),
-        set_type: rep.map(|r| serde_json::to_value(r.set_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).unwrap_or_else(|| "none".into()),
+        set_type: rep
+            .map(|r| serde_json::to_value(r.set_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+            .unwrap_or_else(|| "none".into()),
         reason: rep.and_then(|r| r.reason.clone()),
         bytes_archived: rep.map(|r| r.bytes_data).unwrap_or(0),
         bytes_read_from_image: rep.map(|r| r.bytes_read).unwrap_or(0),
@@ -158,7 +156,13 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
     let left: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Split).collect();
     let mut out = vec![];
     for p in left {
-        ctx.events.note("backup", &vm.name, Some(&p.drive), format!("{}: finishing an interrupted cycle (split {})", p.label(), p.split_seq), Value::Null);
+        ctx.events.note(
+            "backup",
+            &vm.name,
+            Some(&p.drive),
+            format!("{}: finishing an interrupted cycle (split {})", p.label(), p.split_seq),
+            Value::Null,
+        );
         let mut r = if archived(&target.path, &p, p.split_seq) {
             disk_result(&p, None, 0, None)
         } else {

@@ -124,7 +124,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses `HH:MM` into seconds after midnight (UTC).
 pub fn parse_daily(s: &str) -> Result<u64, String> {
     let (h, m) = s.split_once(':').ok_or_else(|| format!("daily time '{s}' must be HH:MM"))?;
-    let (h, m): (u64, u64) = (h.parse().map_err(|_| format!("daily time '{s}': bad hour"))?, m.parse().map_err(|_| format!("daily time '{s}': bad minute"))?);
+    let (h, m): (u64, u64) =
+        (h.parse().map_err(|_| format!("daily time '{s}': bad hour"))?, m.parse().map_err(|_| format!("daily time '{s}': bad minute"))?);
     if h > 23 || m > 59 {
         return Err(format!("daily time '{s}' is out of range"));
     }
@@ -175,7 +176,12 @@ impl Config {
 
 impl ArchiveCfg {
     fn target(&self) -> Result<ArchiveTarget, String> {
-        let capacity = self.capacity.as_deref().map(crate::util::parse_size).transpose().map_err(|e| format!("archive {}: capacity: {e}", self.name))?;
+        let capacity = self
+            .capacity
+            .as_deref()
+            .map(crate::util::parse_size)
+            .transpose()
+            .map_err(|e| format!("archive {}: capacity: {e}", self.name))?;
         let block_size = self
             .block_size
             .as_deref()
@@ -208,12 +214,7 @@ impl VmCfg {
 pub fn settings_for(vm: &str) -> (ArchiveTarget, Hooks) {
     let Some(c) = CONFIG.get() else { return (ArchiveTarget::default(), Hooks::default()) };
     let Some(v) = c.vm.iter().find(|v| v.name == vm) else { return (ArchiveTarget::default(), Hooks::default()) };
-    let target = v
-        .archive
-        .as_ref()
-        .and_then(|a| c.archive.iter().find(|x| &x.name == a))
-        .and_then(|a| a.target().ok())
-        .unwrap_or_default();
+    let target = v.archive.as_ref().and_then(|a| c.archive.iter().find(|x| &x.name == a)).and_then(|a| a.target().ok()).unwrap_or_default();
     (target, v.hooks())
 }
 
@@ -230,17 +231,38 @@ pub fn start(ctx: Arc<Ctx>, cfg: &Path) -> anyhow::Result<()> {
         // Attach and pair (errors go to the event stream; the daemon keeps running).
         for v in &c.vm {
             if ctx.vm(&v.name).is_err() {
-                let r = crate::daemon::server::dispatch(&ctx, Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() }).await;
+                let r = crate::daemon::server::dispatch(
+                    &ctx,
+                    Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() },
+                )
+                .await;
                 if let Err(e) = r {
-                    ctx.events.note("error", &v.name, None, format!("config: cannot attach vm {}: {}", v.name, e.message), serde_json::Value::Null);
+                    ctx.events.note(
+                        "error",
+                        &v.name,
+                        None,
+                        format!("config: cannot attach vm {}: {}", v.name, e.message),
+                        serde_json::Value::Null,
+                    );
                     continue;
                 }
             }
             for p in &v.pair {
                 if ctx.store.pair(&v.name, &p.drive).is_none() {
-                    let req = Request::PairCreate { vm: v.name.clone(), drive: p.drive.clone(), target: p.target.clone(), debug_target_file: None };
+                    let req = Request::PairCreate {
+                        vm: v.name.clone(),
+                        drive: p.drive.clone(),
+                        target: p.target.clone(),
+                        debug_target_file: None,
+                    };
                     if let Err(e) = crate::daemon::server::dispatch(&ctx, req).await {
-                        ctx.events.note("error", &v.name, Some(&p.drive), format!("config: cannot create pair: {}", e.message), serde_json::Value::Null);
+                        ctx.events.note(
+                            "error",
+                            &v.name,
+                            Some(&p.drive),
+                            format!("config: cannot create pair: {}", e.message),
+                            serde_json::Value::Null,
+                        );
                     }
                 }
             }
@@ -290,7 +312,13 @@ async fn scheduler(ctx: Arc<Ctx>, c: Config) {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = res {
-                    ctx.events.note("error", &v.name, None, format!("scheduled backup of vm {} failed: {}", v.name, e.message), serde_json::Value::Null);
+                    ctx.events.note(
+                        "error",
+                        &v.name,
+                        None,
+                        format!("scheduled backup of vm {} failed: {}", v.name, e.message),
+                        serde_json::Value::Null,
+                    );
                 }
                 running.lock().unwrap().remove(&v.name);
             });

@@ -1,7 +1,7 @@
 //! `qsplit daemon | vm | pair | events | backup`: arguments, and the client side of the
 //! control socket for every verb that talks to the daemon.
 
-use super::output::{print_json, print_error_value};
+use super::output::{print_error_value, print_json};
 use crate::api::{socket, Request};
 use crate::pair::State;
 use anyhow::Context;
@@ -159,9 +159,8 @@ fn fmt_ms(v: &Value) -> String {
 pub fn run_pair(c: PairCmd, s: &Path, json: bool) -> anyhow::Result<i32> {
     match c {
         PairCmd::Create { name, drive, target, debug_target_file } => {
-            let debug_target_file = debug_target_file
-                .map(|j| serde_json::from_str(&j).context("--debug-target-file must be JSON"))
-                .transpose()?;
+            let debug_target_file =
+                debug_target_file.map(|j| serde_json::from_str(&j).context("--debug-target-file must be JSON")).transpose()?;
             call(s, Request::PairCreate { vm: name, drive, target, debug_target_file }, json, |v| {
                 println!(
                     "pair {}/{} created: mirroring node {} into {} (copying; `qsplit pair wait {} --state duplex`)",
@@ -197,9 +196,8 @@ pub fn run_pair(c: PairCmd, s: &Path, json: bool) -> anyhow::Result<i32> {
             }
         }),
         PairCmd::Wait { name, drive, state, timeout } => {
-            let st = State::parse(&state).with_context(|| {
-                format!("unknown state {state:?} (one of: simplex, copying, duplex, split, resyncing, suspended)")
-            })?;
+            let st = State::parse(&state)
+                .with_context(|| format!("unknown state {state:?} (one of: simplex, copying, duplex, split, resyncing, suspended)"))?;
             call(s, Request::PairWait { vm: name, drive, state: st, timeout_s: timeout }, json, |_| println!("reached {st}"))
         }
         PairCmd::Split { name, drives, freeze, no_freeze } => {
@@ -237,7 +235,12 @@ pub fn run_pair(c: PairCmd, s: &Path, json: bool) -> anyhow::Result<i32> {
         }),
         PairCmd::Delete { name, drives } => call(s, Request::PairDelete { vm: name, drives }, json, |v| {
             for p in v.as_array().into_iter().flatten() {
-                println!("deleted pair {}/{} (secondary kept: {})", p["vm"].as_str().unwrap_or(""), p["drive"].as_str().unwrap_or(""), p["target"].as_str().unwrap_or(""));
+                println!(
+                    "deleted pair {}/{} (secondary kept: {})",
+                    p["vm"].as_str().unwrap_or(""),
+                    p["drive"].as_str().unwrap_or(""),
+                    p["target"].as_str().unwrap_or("")
+                );
             }
         }),
     }

@@ -101,7 +101,9 @@ impl Ctx {
 
     pub fn vm(&self, name: &str) -> Result<Arc<VmRt>, ApiError> {
         self.vms.lock().unwrap().get(name).cloned().ok_or_else(|| {
-            ApiError::bad(format!("no vm named {name} is attached (see `qsplit vm list`; attach with `qsplit vm attach {name} --qmp PATH`)"))
+            ApiError::bad(format!(
+                "no vm named {name} is attached (see `qsplit vm list`; attach with `qsplit vm attach {name} --qmp PATH`)"
+            ))
         })
     }
 
@@ -109,8 +111,8 @@ impl Ctx {
     /// does not exist is `simplex`. Emits a state event when the state changes.
     pub fn apply(&self, vm: &str, drive: &str, input: &Input) -> Result<Step, ApiError> {
         let current = self.store.pair(vm, drive).map(|p| p.state).unwrap_or(State::Simplex);
-        let step = pair::state::step(current, input)
-            .map_err(|r| ApiError::new(ErrorKind::WrongState, format!("disk {drive} of vm {vm}: {r}")))?;
+        let step =
+            pair::state::step(current, input).map_err(|r| ApiError::new(ErrorKind::WrongState, format!("disk {drive} of vm {vm}: {r}")))?;
         if current == State::Simplex {
             return Ok(step); // the caller creates the record
         }

@@ -64,7 +64,14 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                         ctx.apply(&p.vm, &p.drive, &Input::SplitDone)?;
                         note(ctx, &p.vm, &p.drive, &format!("finished split {seq} that was interrupted after its instant"));
                     } else {
-                        ctx.fault(&p.vm, &p.drive, format!("split {seq} was interrupted and its state in QEMU is gone; run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
+                        ctx.fault(
+                            &p.vm,
+                            &p.drive,
+                            format!(
+                                "split {seq} was interrupted and its state in QEMU is gone; run `qsplit pair resync {} {}` (full copy)",
+                                p.vm, p.drive
+                            ),
+                        );
                     }
                 }
                 (Some(Op::Resync), _) => {
@@ -79,9 +86,16 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                 }
                 (None, State::Duplex) => {
                     if !ready {
-                        ctx.fault(&p.vm, &p.drive, format!(
-                            "the mirror job is {} (QEMU restarted?); run `qsplit pair resync {} {}` (full copy)",
-                            job.map(|j| j.status).unwrap_or_else(|| "gone".into()), p.vm, p.drive));
+                        ctx.fault(
+                            &p.vm,
+                            &p.drive,
+                            format!(
+                                "the mirror job is {} (QEMU restarted?); run `qsplit pair resync {} {}` (full copy)",
+                                job.map(|j| j.status).unwrap_or_else(|| "gone".into()),
+                                p.vm,
+                                p.drive
+                            ),
+                        );
                     }
                 }
                 (None, State::Split) => {
@@ -100,7 +114,14 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
         }
         .await;
         if let Err(e) = res {
-            ctx.fault(&p.vm, &p.drive, format!("recovery after restart failed: {}; run `qsplit pair resync {} {}` (full copy) or `qsplit pair delete`", e.message, p.vm, p.drive));
+            ctx.fault(
+                &p.vm,
+                &p.drive,
+                format!(
+                    "recovery after restart failed: {}; run `qsplit pair resync {} {}` (full copy) or `qsplit pair delete`",
+                    e.message, p.vm, p.drive
+                ),
+            );
         }
     }
 }
@@ -118,9 +139,21 @@ pub async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
             Ok("paused") => match qemu::exec(q, &vm.name, "cont", json!(null)).await {
                 Ok(_) => {
                     let _ = ctx.save(|s| s.paused.remove(&vm.name));
-                    ctx.events.note("recovery", &vm.name, None, format!("vm {}: resumed the VM that qsplit had stopped when it was interrupted", vm.name), json!(null));
+                    ctx.events.note(
+                        "recovery",
+                        &vm.name,
+                        None,
+                        format!("vm {}: resumed the VM that qsplit had stopped when it was interrupted", vm.name),
+                        json!(null),
+                    );
                 }
-                Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: could not resume the VM qsplit stopped: {}", vm.name, e.message), json!(null)),
+                Err(e) => ctx.events.note(
+                    "error",
+                    &vm.name,
+                    None,
+                    format!("vm {}: could not resume the VM qsplit stopped: {}", vm.name, e.message),
+                    json!(null),
+                ),
             },
             Ok(_) => {
                 let _ = ctx.save(|s| s.paused.remove(&vm.name));
@@ -135,14 +168,28 @@ pub async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                 Ok(crate::qmp::FreezeStatus::Frozen) => match qga.fsfreeze_thaw(t).await {
                     Ok(n) => {
                         let _ = ctx.save(|s| s.frozen.remove(&vm.name));
-                        ctx.events.note("recovery", &vm.name, None, format!("vm {}: thawed {n} guest filesystems that qsplit had frozen when it was interrupted", vm.name), json!(null));
+                        ctx.events.note(
+                            "recovery",
+                            &vm.name,
+                            None,
+                            format!("vm {}: thawed {n} guest filesystems that qsplit had frozen when it was interrupted", vm.name),
+                            json!(null),
+                        );
                     }
-                    Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: could not thaw the guest: {e}", vm.name), json!(null)),
+                    Err(e) => {
+                        ctx.events.note("error", &vm.name, None, format!("vm {}: could not thaw the guest: {e}", vm.name), json!(null))
+                    }
                 },
                 Ok(_) => {
                     let _ = ctx.save(|s| s.frozen.remove(&vm.name));
                 }
-                Err(e) => ctx.events.note("error", &vm.name, None, format!("vm {}: guest agent did not answer to check the freeze: {e}; will retry on the next connection", vm.name), json!(null)),
+                Err(e) => ctx.events.note(
+                    "error",
+                    &vm.name,
+                    None,
+                    format!("vm {}: guest agent did not answer to check the freeze: {e}; will retry on the next connection", vm.name),
+                    json!(null),
+                ),
             }
         }
     }

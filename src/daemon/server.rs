@@ -25,7 +25,13 @@ pub async fn serve(state_dir: &Path, socket: &Path, config: Option<&Path>) -> an
     if let Some(cfg) = config {
         crate::backup::schedule::start(ctx.clone(), cfg)?;
     }
-    ctx.events.note("daemon", "-", None, format!("daemon started (state {}, socket {})", state_dir.display(), socket.display()), Value::Null);
+    ctx.events.note(
+        "daemon",
+        "-",
+        None,
+        format!("daemon started (state {}, socket {})", state_dir.display(), socket.display()),
+        Value::Null,
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -285,7 +291,10 @@ async fn wait(ctx: &Arc<Ctx>, vm: &str, drive: Option<&str>, want: State, timeou
                 Ok(r) => r,
                 Err(_) => {
                     let states: Vec<_> = pairs.iter().map(|p| format!("{}={}", p.drive, p.state)).collect();
-                    return Err(ApiError::new(ErrorKind::Timeout, format!("vm {vm}: timed out waiting for {want} (now {})", states.join(", "))));
+                    return Err(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!("vm {vm}: timed out waiting for {want} (now {})", states.join(", ")),
+                    ));
                 }
             },
             None => recv.await,

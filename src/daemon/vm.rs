@@ -167,7 +167,11 @@ fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
             }
             (State::Copying | State::Duplex, "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED") if !live => {
                 let err = ev.data["error"].as_str().unwrap_or("ended unexpectedly");
-                ctx.fault(&p.vm, &p.drive, format!("the mirror job ended ({err}); run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive));
+                ctx.fault(
+                    &p.vm,
+                    &p.drive,
+                    format!("the mirror job ended ({err}); run `qsplit pair resync {} {}` (full copy)", p.vm, p.drive),
+                );
             }
             _ => {}
         }

@@ -27,8 +27,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 6] =
-        [State::Simplex, State::Copying, State::Duplex, State::Split, State::Resyncing, State::Suspended];
+    pub const ALL: [State; 6] = [State::Simplex, State::Copying, State::Duplex, State::Split, State::Resyncing, State::Suspended];
 
     pub fn as_str(&self) -> &'static str {
         match self {

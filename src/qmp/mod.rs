@@ -18,12 +18,12 @@
 pub mod error;
 pub mod peer;
 pub mod qga;
-pub mod transport;
-mod wire;
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 mod qga_tests;
+#[cfg(test)]
+mod tests;
+pub mod transport;
+mod wire;
 
 pub use error::QmpError;
 pub use qga::{FreezeStatus, Qga};

@@ -14,13 +14,7 @@ pub fn peer_pid<S: AsRawFd>(sock: &S) -> std::io::Result<u32> {
     // SAFETY: `cred` and `len` are valid for writes and `len` holds the size of `cred`; the
     // kernel writes at most `len` bytes. An invalid fd only makes the call fail.
     let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -35,16 +29,14 @@ pub fn peer_pid<S: AsRawFd>(sock: &S) -> std::io::Result<u32> {
 pub fn process_rchar(pid: u32) -> std::io::Result<u64> {
     let path = format!("/proc/{pid}/io");
     let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    parse_io_field(&text, "rchar")
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
+    parse_io_field(&text, "rchar").ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
 }
 
 /// `rchar` of one thread of a process (`/proc/PID/task/TID/io`).
 pub fn thread_rchar(pid: u32, tid: u32) -> std::io::Result<u64> {
     let path = format!("/proc/{pid}/task/{tid}/io");
     let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    parse_io_field(&text, "rchar")
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
+    parse_io_field(&text, "rchar").ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
 }
 
 /// The value of `name: N` in the text of a `/proc/PID/io` file.

@@ -90,11 +90,7 @@ async fn hostile_replies_are_protocol_errors() {
         _ => b"\x00\x01 not json\n".to_vec(),
     });
     let qga = Qga::new(&path);
-    for err in [
-        qga.fsfreeze_status(T).await.unwrap_err(),
-        qga.fsfreeze_thaw(T).await.unwrap_err(),
-        qga.ping(T).await.unwrap_err(),
-    ] {
+    for err in [qga.fsfreeze_status(T).await.unwrap_err(), qga.fsfreeze_thaw(T).await.unwrap_err(), qga.ping(T).await.unwrap_err()] {
         assert!(matches!(err, QmpError::Protocol(_)), "{err}");
     }
 }

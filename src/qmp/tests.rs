@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 0, "major": 99}, "package": ""}, "capabilities": ["oob", "future-cap"]}}"#;
+const GREETING: &str =
+    r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 0, "major": 99}, "package": ""}, "capabilities": ["oob", "future-cap"]}}"#;
 
 enum Act {
     Send(String),
@@ -39,11 +40,7 @@ where
         while let Ok(Some(line)) = lines.next_line().await {
             let cmd: Value = serde_json::from_str(&line).unwrap();
             let name = cmd["execute"].as_str().unwrap().to_string();
-            let acts = if name == "qmp_capabilities" {
-                vec![send(json!({"return": {}, "id": cmd["id"]}))]
-            } else {
-                script(&name, &cmd)
-            };
+            let acts = if name == "qmp_capabilities" { vec![send(json!({"return": {}, "id": cmd["id"]}))] } else { script(&name, &cmd) };
             for act in acts {
                 match act {
                     Act::Send(s) => wr.write_all(format!("{s}\n").as_bytes()).await.unwrap(),
@@ -100,8 +97,7 @@ async fn a_command_without_reply_times_out_and_its_late_reply_is_dropped() {
         }
         _ => {
             // Answer the held command first (late), then this one.
-            let mut acts: Vec<Act> =
-                held.take().map(|id| send(json!({"return": "late", "id": id}))).into_iter().collect();
+            let mut acts: Vec<Act> = held.take().map(|id| send(json!({"return": "late", "id": id}))).into_iter().collect();
             acts.push(send(json!({"return": name, "id": cmd["id"]})));
             acts
         }
@@ -124,10 +120,7 @@ async fn replies_out_of_order_are_matched_by_id() {
             return vec![];
         }
         let f = first.take().unwrap();
-        vec![
-            send(json!({"return": name, "id": cmd["id"]})),
-            send(json!({"return": f["execute"], "id": f["id"]})),
-        ]
+        vec![send(json!({"return": name, "id": cmd["id"]})), send(json!({"return": f["execute"], "id": f["id"]}))]
     });
     let qmp = connect(&path).await;
     let a = qmp.execute_value("alpha", Value::Null);

@@ -168,9 +168,7 @@ impl Qmp {
         let connect_err = |source| QmpError::Connect { path: path_s.clone(), source };
         let stream = match tokio::time::timeout_at(deadline, UnixStream::connect(path)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(QmpError::InUse { path: path_s, waited: timeout })
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(QmpError::InUse { path: path_s, waited: timeout }),
             Ok(Err(e)) => return Err(connect_err(e)),
             Err(_) => return Err(connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
         };
@@ -181,9 +179,7 @@ impl Qmp {
             let line = match tokio::time::timeout_at(deadline, wire::read_line(&mut rd, wire::MAX_LINE)).await {
                 Err(_) => return Err(QmpError::InUse { path: path_s, waited: timeout }),
                 Ok(Err(e)) => return Err(connect_err(e)),
-                Ok(Ok(None)) => {
-                    return Err(QmpError::Disconnected { path: path_s, reason: "closed before the QMP greeting".into() })
-                }
+                Ok(Ok(None)) => return Err(QmpError::Disconnected { path: path_s, reason: "closed before the QMP greeting".into() }),
                 Ok(Ok(Some(Line::Garbage(n)))) => {
                     return Err(QmpError::Protocol(format!("{path_s}: {n}-byte line instead of a QMP greeting")))
                 }
@@ -267,8 +263,7 @@ impl Qmp {
 
     /// [`Qmp::execute`] with its own timeout.
     pub async fn execute_timeout<C: qapi::Command>(&self, cmd: C, timeout: Duration) -> Result<C::Ok, QmpError> {
-        let args = serde_json::to_value(&cmd)
-            .map_err(|e| QmpError::Protocol(format!("{}: cannot encode arguments: {e}", C::NAME)))?;
+        let args = serde_json::to_value(&cmd).map_err(|e| QmpError::Protocol(format!("{}: cannot encode arguments: {e}", C::NAME)))?;
         let args = match args {
             Value::Object(m) if m.is_empty() => Value::Null,
             a => a,

@@ -71,7 +71,10 @@ pub enum Message {
     /// `{"QMP": {...}}`: the greeting; the inner object.
     Greeting(Value),
     /// A reply to a command: its `id` (if any) and either the `return` value or the error.
-    Reply { id: Option<Value>, result: Result<Value, ReplyError> },
+    Reply {
+        id: Option<Value>,
+        result: Result<Value, ReplyError>,
+    },
     Event(QmpEvent),
     /// Valid JSON of no known shape.
     Other(Value),
@@ -143,8 +146,18 @@ mod tests {
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
             let key = prop_oneof![
-                Just("return"), Just("error"), Just("event"), Just("QMP"), Just("id"), Just("data"),
-                Just("timestamp"), Just("seconds"), Just("microseconds"), Just("class"), Just("desc"), Just("x"),
+                Just("return"),
+                Just("error"),
+                Just("event"),
+                Just("QMP"),
+                Just("id"),
+                Just("data"),
+                Just("timestamp"),
+                Just("seconds"),
+                Just("microseconds"),
+                Just("class"),
+                Just("desc"),
+                Just("x"),
             ];
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
@@ -166,10 +179,7 @@ mod tests {
     #[tokio::test]
     async fn reads_lines_and_discards_overlong_ones() {
         let got = lines(b"ab\r\n0123456789\n\nxyz", 5).await;
-        assert_eq!(
-            got,
-            vec![Line::Data(b"ab".to_vec()), Line::Garbage(11), Line::Data(vec![]), Line::Data(b"xyz".to_vec())]
-        );
+        assert_eq!(got, vec![Line::Data(b"ab".to_vec()), Line::Garbage(11), Line::Data(vec![]), Line::Data(b"xyz".to_vec())]);
         assert_eq!(lines(b"12345\n", 5).await, vec![Line::Data(b"12345".to_vec())]);
         assert_eq!(lines(b"123456", 5).await, vec![Line::Garbage(6)]);
     }
@@ -213,16 +223,12 @@ mod tests {
         assert_eq!(classify(json!({"return": {}, "id": 3})), Message::Reply { id: Some(json!(3)), result: Ok(json!({})) });
         assert_eq!(
             classify(json!({"error": {"class": "DeviceNotFound", "desc": "no vd9"}, "id": 4})),
-            Message::Reply {
-                id: Some(json!(4)),
-                result: Err(ReplyError { class: "DeviceNotFound".into(), desc: "no vd9".into() })
-            }
+            Message::Reply { id: Some(json!(4)), result: Err(ReplyError { class: "DeviceNotFound".into(), desc: "no vd9".into() }) }
         );
         // An error without the usual members still is an error, with what it had.
         let Message::Reply { result: Err(e), id: None } = classify(json!({"error": 7})) else { panic!() };
         assert_eq!((e.class.as_str(), e.desc.as_str()), ("GenericError", "7"));
-        let Message::Event(ev) = classify(json!({"event": "FUTURE_THING", "timestamp": {"seconds": 10, "microseconds": 500000}}))
-        else {
+        let Message::Event(ev) = classify(json!({"event": "FUTURE_THING", "timestamp": {"seconds": 10, "microseconds": 500000}})) else {
             panic!()
         };
         assert_eq!((ev.name.as_str(), ev.timestamp, ev.data), ("FUTURE_THING", 10.5, json!({})));

@@ -10,7 +10,13 @@ use std::path::Path;
 
 /// `pair create`: validates, prepares the secondary, records the pair as `copying` and starts
 /// the mirror. The connection's watcher moves it to `duplex` on READY.
-pub async fn create(ctx: &Ctx, vm: &VmRt, drive: &str, target_path: &Path, target_file: Option<serde_json::Value>) -> Result<PairRecord, ApiError> {
+pub async fn create(
+    ctx: &Ctx,
+    vm: &VmRt,
+    drive: &str,
+    target_path: &Path,
+    target_file: Option<serde_json::Value>,
+) -> Result<PairRecord, ApiError> {
     let q = vm.qmp()?;
     if !target::valid_name(drive) {
         return Err(ApiError::bad(format!("vm {}: drive name {drive:?} must be letters, digits, '.', '_' or '-'", vm.name)));
@@ -88,8 +94,7 @@ pub async fn start(q: &crate::qmp::Qmp, rec: &PairRecord) -> Result<(), ApiError
 /// `pair delete`: cancels qsplit's jobs, removes its bitmaps from the primary, closes the
 /// secondary (kept on disk) and forgets the pair.
 pub async fn delete(ctx: &Ctx, vm: &VmRt, p: &PairRecord) -> Result<(), ApiError> {
-    crate::pair::state::step(p.state, &Input::Delete)
-        .map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
+    crate::pair::state::step(p.state, &Input::Delete).map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
     ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Delete)).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     if let Ok(q) = vm.qmp() {
         stop_everything(&q, p).await?;

@@ -45,7 +45,14 @@ pub async fn resync(ctx: &Ctx, vm: &VmRt, drives: &[String], max_pause_ms: Optio
 }
 
 /// Resyncs one pair; `recovering` continues an interrupted resync (state already `resyncing`).
-pub async fn resync_one(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, recovering: bool) -> Result<ResyncResult, ApiError> {
+pub async fn resync_one(
+    ctx: &Ctx,
+    vm: &VmRt,
+    q: &Qmp,
+    p: &PairRecord,
+    max_pause_ms: u64,
+    recovering: bool,
+) -> Result<ResyncResult, ApiError> {
     let mut full = p.state == crate::pair::State::Suspended;
     let full_reason = p.reason.clone();
     if !recovering {
@@ -67,19 +74,41 @@ pub async fn resync_one(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause
                 "resync",
                 &p.vm,
                 Some(&p.drive),
-                format!("{}: resync done, {} bytes copied in {} passes, paused {:.1} ms{}", p.label(), r.bytes_copied, r.passes, r.pause_ms, if r.full { " (full copy)" } else { "" }),
+                format!(
+                    "{}: resync done, {} bytes copied in {} passes, paused {:.1} ms{}",
+                    p.label(),
+                    r.bytes_copied,
+                    r.passes,
+                    r.pause_ms,
+                    if r.full { " (full copy)" } else { "" }
+                ),
                 serde_json::to_value(&r).unwrap_or_default(),
             );
             Ok(r)
         }
         Err(e) => {
-            ctx.fault(&p.vm, &p.drive, format!("resync failed: {}; run `qsplit pair resync {} {}` again (full copy) or `qsplit pair delete`", e.message, p.vm, p.drive));
+            ctx.fault(
+                &p.vm,
+                &p.drive,
+                format!(
+                    "resync failed: {}; run `qsplit pair resync {} {}` again (full copy) or `qsplit pair delete`",
+                    e.message, p.vm, p.drive
+                ),
+            );
             Err(e)
         }
     }
 }
 
-async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, mut full: bool, mut reason: Option<String>) -> Result<ResyncResult, ApiError> {
+async fn run(
+    ctx: &Ctx,
+    vm: &VmRt,
+    q: &Qmp,
+    p: &PairRecord,
+    max_pause_ms: u64,
+    mut full: bool,
+    mut reason: Option<String>,
+) -> Result<ResyncResult, ApiError> {
     let t_start = Instant::now();
     let name = &vm.name;
     // Leftovers of an interrupted attempt or a failed pair.
@@ -112,7 +141,8 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
         return Ok(result(p, j.total, j.total, 1, 0.0, true, reason, t_start));
     }
     // One bitmap from here on: merge leftovers of an interrupted resync into the oldest.
-    pending.sort_by_key(|b| if b.name == SPLIT_BITMAP { 0 } else { b.name.trim_start_matches("qsplit.pass").parse::<u32>().unwrap_or(0) + 1 });
+    pending
+        .sort_by_key(|b| if b.name == SPLIT_BITMAP { 0 } else { b.name.trim_start_matches("qsplit.pass").parse::<u32>().unwrap_or(0) + 1 });
     let mut cur = pending[0].name.clone();
     if pending.len() > 1 {
         let others: Vec<_> = pending[1..].iter().map(|b| b.name.clone()).collect();
@@ -124,9 +154,12 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
     let count = |b: &str| {
         let b = b.to_string();
         async move {
-            qemu::bitmaps(q, name, &p.node).await?.into_iter().find(|x| x.name == b).map(|x| x.count).ok_or_else(|| {
-                ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label()))
-            })
+            qemu::bitmaps(q, name, &p.node)
+                .await?
+                .into_iter()
+                .find(|x| x.name == b)
+                .map(|x| x.count)
+                .ok_or_else(|| ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label())))
         }
     };
     let dirty_at_start = count(&cur).await?;
@@ -174,7 +207,13 @@ async fn run(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, m
         copied += j.total;
         passes += 1;
         cur = next;
-        ctx.events.note("progress", &p.vm, Some(&p.drive), format!("{}: resync pass {passes} copied {} bytes", p.label(), j.total), json!({"pass": passes, "bytes": j.total}));
+        ctx.events.note(
+            "progress",
+            &p.vm,
+            Some(&p.drive),
+            format!("{}: resync pass {passes} copied {} bytes", p.label(), j.total),
+            json!({"pass": passes, "bytes": j.total}),
+        );
     }
 
     // Final pass with the VM stopped, then the synchronous mirror again.
@@ -259,7 +298,16 @@ fn backup_args(p: &PairRecord, bitmap: &str) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn result(p: &PairRecord, copied: u64, dirty: u64, passes: u32, pause_ms: f64, full: bool, reason: Option<String>, t: Instant) -> ResyncResult {
+fn result(
+    p: &PairRecord,
+    copied: u64,
+    dirty: u64,
+    passes: u32,
+    pause_ms: f64,
+    full: bool,
+    reason: Option<String>,
+    t: Instant,
+) -> ResyncResult {
     ResyncResult {
         vm: p.vm.clone(),
         drive: p.drive.clone(),

@@ -38,10 +38,9 @@ pub enum Freeze {
 pub fn freeze_mode(vm: &VmRt, freeze: Option<bool>) -> Result<Freeze, ApiError> {
     match (freeze, vm.qga.is_some()) {
         (Some(false), _) => Ok(Freeze::No),
-        (Some(true), false) => Err(ApiError::bad(format!(
-            "vm {}: --freeze needs a guest agent; attach the VM with --qga PATH or use --no-freeze",
-            vm.name
-        ))),
+        (Some(true), false) => {
+            Err(ApiError::bad(format!("vm {}: --freeze needs a guest agent; attach the VM with --qga PATH or use --no-freeze", vm.name)))
+        }
         (Some(true), true) => Ok(Freeze::Required),
         (None, true) => Ok(Freeze::Preferred),
         (None, false) => Ok(Freeze::No),
@@ -83,7 +82,13 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
             Ok(n) => {
                 crate::daemon::crash_point(ctx, "split-frozen");
                 frozen_at = Some(t);
-                ctx.events.note("freeze", &vm.name, None, format!("vm {}: froze {n} guest filesystems", vm.name), json!({"filesystems": n}));
+                ctx.events.note(
+                    "freeze",
+                    &vm.name,
+                    None,
+                    format!("vm {}: froze {n} guest filesystems", vm.name),
+                    json!({"filesystems": n}),
+                );
             }
             Err(e) => {
                 // The agent may have frozen some filesystems before failing: always thaw.
@@ -92,7 +97,10 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                 let msg = format!("vm {}: guest agent could not freeze the filesystems: {e}", vm.name);
                 if mode == Freeze::Required {
                     clear_op(ctx, &pairs);
-                    return Err(ApiError::new(ErrorKind::Agent, format!("{msg}; not split (use --no-freeze for a crash-consistent split)")));
+                    return Err(ApiError::new(
+                        ErrorKind::Agent,
+                        format!("{msg}; not split (use --no-freeze for a crash-consistent split)"),
+                    ));
                 }
                 freeze_note = Some(format!("{msg}; split crash-consistent instead"));
             }
@@ -109,7 +117,13 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                 freeze_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
             }
             Err(e) => {
-                ctx.events.note("error", &vm.name, None, format!("vm {}: THAW FAILED: {e}; the daemon retries every 2 s", vm.name), json!(null));
+                ctx.events.note(
+                    "error",
+                    &vm.name,
+                    None,
+                    format!("vm {}: THAW FAILED: {e}; the daemon retries every 2 s", vm.name),
+                    json!(null),
+                );
                 // The guard stays recorded: recovery (and the next connection) retries the thaw.
             }
         }
@@ -133,7 +147,11 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
         }
         .await;
         if let Err(e) = res {
-            ctx.fault(&p.vm, &p.drive, format!("split {seq} could not close the secondary: {}; run `qsplit pair resync` (full copy)", e.message));
+            ctx.fault(
+                &p.vm,
+                &p.drive,
+                format!("split {seq} could not close the secondary: {}; run `qsplit pair resync` (full copy)", e.message),
+            );
             return Err(e);
         }
         ctx.store
@@ -158,7 +176,13 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
         images: pairs.iter().map(|p| p.target.clone()).collect(),
         freeze_note,
     };
-    ctx.events.note("split", &vm.name, None, format!("vm {}: split {seq} done ({} disks, paused {pause_ms:.1} ms)", vm.name, pairs.len()), serde_json::to_value(&result).unwrap_or_default());
+    ctx.events.note(
+        "split",
+        &vm.name,
+        None,
+        format!("vm {}: split {seq} done ({} disks, paused {pause_ms:.1} ms)", vm.name, pairs.len()),
+        serde_json::to_value(&result).unwrap_or_default(),
+    );
     Ok(result)
 }
 
