@@ -93,6 +93,17 @@ async fn split_holds_the_instant_and_resync_copies_only_the_delta() -> anyhow::R
     assert_eq!(r["bytes_dirty_at_start"].as_u64().unwrap(), copied);
     assert_eq!(status_of(&d, "p1", "vd0")?["state"], "duplex");
 
+    // The event stream told subscribers about every step.
+    let evs: Vec<Value> = String::from_utf8_lossy(&d.cli(&["events", "--json"])?.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let has = |kind: &str, pred: &dyn Fn(&Value) -> bool| evs.iter().any(|e| e["kind"] == kind && pred(e));
+    assert!(has("state", &|e| e["from"] == "copying" && e["to"] == "duplex"), "{evs:?}");
+    assert!(has("state", &|e| e["from"] == "duplex" && e["to"] == "split"));
+    assert!(has("split", &|e| e["data"]["split_seq"] == 1));
+    assert!(has("resync", &|e| e["data"]["bytes_copied"].as_u64() == Some(copied)));
+
     // Split again: identical to the primary at that instant.
     vm.write("vd0", 20 * MIB, MIB, 0x66).await?;
     let sp = d.cli_json(&["pair", "split", "p1", "--no-freeze"])?;
@@ -161,5 +172,40 @@ async fn refusals_are_clear_and_change_nothing() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&d.socket)?.permissions().mode() & 0o777, 0o600);
     let _ = scaled(Duration::from_secs(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_follow_streams_state_changes_as_they_happen() -> anyhow::Result<()> {
+    harness::init();
+    let vm = VmBuilder::new("p3").disk(16 * MIB).start().await?;
+    let d = Daemon::start()?;
+    let mut follow = std::process::Command::new(harness::daemon::qsplit_bin())
+        .args(["--socket", s(&d.socket), "events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = vec![];
+        for line in std::io::BufReader::new(stdout).lines() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let done = v["kind"] == "split";
+            seen.push(v);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    d.cli_json(&["pair", "split", "p3", "--no-freeze"])?;
+    let ok = harness::wait_until(scaled(Duration::from_secs(10)), || reader.is_finished());
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ok, "no split event reached the follower");
+    let seen = reader.join().unwrap();
+    assert!(seen.iter().any(|e| e["to"] == "duplex"), "{seen:?}");
+    assert!(seen.iter().any(|e| e["to"] == "split"), "{seen:?}");
     Ok(())
 }

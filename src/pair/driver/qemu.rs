@@ -241,3 +241,27 @@ pub async fn job_io_status(q: &Qmp, vm: &str, id: &str) -> Result<Option<String>
         .find(|j| j["device"].as_str() == Some(id))
         .and_then(|j| j["io-status"].as_str().map(str::to_string)))
 }
+
+/// Writes the page cache of the image files behind `nodes` to disk (`fdatasync`) before qsplit
+/// stops the VM: `stop` flushes every image, and with a lot of written-back data in the page
+/// cache that flush would otherwise lengthen the pause (measured: 287 ms after 768 MiB of
+/// writes). Best effort: nodes that are not plain files are skipped.
+pub async fn preflush(q: &Qmp, vm: &str, nodes: &[String]) {
+    let Ok(all) = exec(q, vm, "query-named-block-nodes", json!({"flat": true})).await else { return };
+    let files: Vec<std::path::PathBuf> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["node-name"].as_str().is_some_and(|x| nodes.iter().any(|w| w == x)))
+        .filter_map(|n| n["file"].as_str().map(std::path::PathBuf::from))
+        .filter(|p| p.is_file())
+        .collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for f in files {
+            if let Ok(h) = std::fs::File::open(&f) {
+                let _ = h.sync_data();
+            }
+        }
+    })
+    .await;
+}

@@ -218,6 +218,7 @@ async fn run(
 
     // Final pass with the VM stopped, then the synchronous mirror again.
     let running = qemu::run_status(q, name).await? == "running";
+    qemu::preflush(q, name, &[p.node.clone(), p.target_node()]).await;
     if running {
         ctx.save(|s| s.paused.insert(name.clone()))?;
     }

@@ -203,6 +203,8 @@ async fn thaw(qga: &crate::qmp::Qga) -> Result<(), crate::qmp::QmpError> {
 /// whatever happened in between.
 async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Result<f64, ApiError> {
     let running = qemu::run_status(q, &vm.name).await? == "running";
+    let nodes: Vec<String> = pairs.iter().flat_map(|p| [p.node.clone(), p.target_node()]).collect();
+    qemu::preflush(q, &vm.name, &nodes).await;
     if running {
         ctx.save(|s| s.paused.insert(vm.name.clone()))?;
     }
