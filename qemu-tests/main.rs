@@ -1,6 +1,7 @@
 //! Tests against a real qemu-system-x86_64; see qemu-tests/README.md.
 
 mod backup_tests;
+mod bench_cycle;
 mod bench_pair;
 mod guest_tests;
 mod harness;

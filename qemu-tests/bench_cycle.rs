@@ -1,0 +1,75 @@
+//! Backup-cycle benchmark on the real guest (ignored in the normal suite; run by
+//! `tools/bench-cycle.sh`): per cycle freeze duration, split pause, archive throughput, resync
+//! bytes and pause, total time, QEMU's reads of its disks; and the guest's own write rate while
+//! cycles run back to back against its rate with no cycle running, measured by the guest itself
+//! (ctl `report`: bytes written per disk and guest uptime). Prints markdown.
+
+use crate::harness::guest::{guest_vm, Guest};
+use crate::harness::{Daemon, MIB};
+use crate::pair_tests::{attach_and_pair_qga, s};
+use std::time::{Duration, Instant};
+
+/// (bytes written per disk, guest time in 1/100 s) from the guest's own counters.
+fn counters(g: &Guest) -> anyhow::Result<(u64, u64)> {
+    let r = g.ctl("report")?;
+    let field = |k: &str| r.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse::<u64>().ok());
+    Ok((field("bytes_per_disk").unwrap_or(0), field("t_cs").unwrap_or(0)))
+}
+
+fn rate(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 * 100.0 / (b.1 - a.1).max(1) as f64
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run tools/bench-cycle.sh"]
+async fn bench_cycle() -> anyhow::Result<()> {
+    crate::harness::init();
+    let g = guest_vm("bench", 2, 512 * MIB, "qsplit.workload=on qsplit.size=1048576").await?;
+    g.wait_console("QSPLIT-GUEST: workload started", Duration::from_secs(60)).await?;
+    let d = Daemon::start()?;
+    attach_and_pair_qga(&d, &g.vm, &["vd0", "vd1"])?;
+    let archive = g.vm.dir().join("bench.tap");
+    // Idle rate (pairs duplex, no cycle), then the rate while cycles run back to back.
+    let window = Duration::from_secs(20);
+    let a = counters(&g)?;
+    tokio::time::sleep(window).await; // measuring a rate over a fixed window, not synchronising
+    let b = counters(&g)?;
+    let idle = rate(a, b);
+    let mut rows = vec![];
+    let t = Instant::now();
+    let c0 = counters(&g)?;
+    let mut n = 0;
+    while t.elapsed() < window || n < 3 {
+        n += 1;
+        let r = d.cli_json(&["backup", "bench", "--archive", s(&archive), "--freeze"])?;
+        for disk in r["disks"].as_array().unwrap() {
+            let bytes = disk["bytes_archived"].as_u64().unwrap_or(0);
+            let ms = disk["archive_ms"].as_u64().unwrap_or(1).max(1);
+            rows.push(format!(
+                "| {n} | {} | {} | {:.0} | {:.1} | {} ({:.1} MiB) | {:.0} MiB/s | {:.1} MiB | {:.1} | {:.0} | {} |",
+                disk["drive"].as_str().unwrap_or(""),
+                disk["type"].as_str().unwrap_or(""),
+                r["freeze_ms"].as_f64().unwrap_or(0.0),
+                r["pause_ms"].as_f64().unwrap_or(0.0),
+                disk["archive_set"],
+                bytes as f64 / MIB as f64,
+                bytes as f64 / MIB as f64 / (ms as f64 / 1000.0),
+                disk["resync_bytes"].as_u64().unwrap_or(0) as f64 / MIB as f64,
+                disk["resync_pause_ms"].as_f64().unwrap_or(0.0),
+                r["total_ms"].as_f64().unwrap_or(0.0),
+                disk["primary_bytes_read"],
+            ));
+        }
+    }
+    let c1 = counters(&g)?;
+    let during = rate(c0, c1);
+    println!("\n| cycle | disk | set type | freeze ms | split pause ms | set (archived) | archive rate | resync copied | resync pause ms | cycle total ms | primary_bytes_read |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!("\n| guest write rate per disk | value |\n|---|---|");
+    println!("| idle (duplex, no cycle, {} s) | {:.0} KiB/s |", window.as_secs(), idle / 1024.0);
+    println!("| during {n} back-to-back cycles | {:.0} KiB/s ({:.2}x of idle) |", during / 1024.0, during / idle.max(1.0));
+    Ok(())
+}
