@@ -129,3 +129,42 @@ async fn qemu_exit_suspends_and_sockets_in_use_are_refused() -> anyhow::Result<(
     img::check(Path::new(st["target"].as_str().unwrap()))?;
     Ok(())
 }
+
+/// A small tmpfs, unmounted (lazily) when dropped, also on panic.
+struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> anyhow::Result<Tmpfs> {
+        let t = tempfile::Builder::new().prefix("qsplit-full-").tempdir()?;
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(t.path()).status()?;
+        anyhow::ensure!(st.success(), "mount tmpfs failed (this test needs root, as CI has)");
+        Ok(Tmpfs(t.path().to_path_buf(), t))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_target_filesystem_that_fills_up_suspends_the_pair() -> anyhow::Result<()> {
+    harness::init();
+    let vm = VmBuilder::new("f5").disk(32 * MIB).start().await?;
+    vm.write("vd0", 0, 16 * MIB, 0x5a).await?;
+    let fs = Tmpfs::mount("8m")?;
+    let d = Daemon::start()?;
+    d.cli_json(&["vm", "attach", "f5", "--qmp", s(&vm.qmp_path)])?;
+    let target = fs.0.join("vd0-sec.qcow2");
+    d.cli_json(&["pair", "create", "f5", "vd0", "--target", s(&target)])?;
+    d.cli_json(&["pair", "wait", "f5", "--state", "suspended", "--timeout", "30"])?;
+    let st = status_of(&d, "f5", "vd0")?;
+    let reason = st["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("no space left"), "{reason}");
+    assert_eq!(run_status(&vm).await?, "running", "the VM keeps running");
+    vm.write("vd0", 20 * MIB, MIB, 0x5b).await?;
+    vm.expect_pattern("vd0", 0, 16 * MIB, 0x5a).await?;
+    d.cli_json(&["pair", "delete", "f5", "vd0"])?;
+    Ok(())
+}
