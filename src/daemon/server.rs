@@ -44,7 +44,18 @@ pub async fn serve(state_dir: &Path, socket: &Path, config: Option<&Path>) -> an
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    // Let operations in progress finish (a split or resync must resume the VM and thaw the
+    // guest itself), then stop. QEMU and the pairs keep running without the daemon.
     let _ = std::fs::remove_file(socket);
+    let vms: Vec<Arc<VmRt>> = ctx.vms.lock().unwrap().values().cloned().collect();
+    let mut held = vec![];
+    for vm in &vms {
+        match tokio::time::timeout(Duration::from_secs(120), vm.op.lock()).await {
+            Ok(g) => held.push(g), // kept until exit: no new operation starts
+            Err(_) => tracing::warn!("vm {}: an operation did not finish within 120 s of the stop request", vm.name),
+        }
+    }
+    ctx.events.note("daemon", "-", None, "daemon stopped".into(), Value::Null);
     Ok(())
 }
 
