@@ -113,3 +113,89 @@ async fn daemon_killed_inside_a_cycle_then_next_cycle_completes() -> anyhow::Res
     assert!(v.is_object());
     Ok(())
 }
+
+#[tokio::test]
+async fn config_schedules_cycles_runs_hooks_and_a_failing_pre_hook_aborts_cleanly() -> anyhow::Result<()> {
+    harness::init();
+    let size = 16 * MIB;
+    let good = VmBuilder::new("s1").disk(size).start().await?;
+    let bad = VmBuilder::new("s2").disk(size).start().await?;
+    let dir = tempfile::Builder::new().prefix("qsplit-cfg-").tempdir()?;
+    let hooklog = dir.path().join("hooks.log");
+    let cfg = dir.path().join("qsplit.toml");
+    let (a1, a2) = (dir.path().join("s1.tap"), dir.path().join("s2.tap"));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[scheduler]
+max_concurrent = 1
+
+[[archive]]
+name = "one"
+path = "{a1}"
+block_size = "32K"
+
+[[archive]]
+name = "two"
+path = "{a2}"
+
+[[vm]]
+name = "s1"
+qmp = "{q1}"
+archive = "one"
+every = "1h"
+freeze = "off"
+pre_split_hook = "echo $QSPLIT_VM $QSPLIT_PHASE >> {log}"
+post_thaw_hook = "echo $QSPLIT_VM $QSPLIT_PHASE >> {log}"
+hook_timeout = "10s"
+[[vm.pair]]
+drive = "vd0"
+target = "{t1}"
+
+[[vm]]
+name = "s2"
+qmp = "{q2}"
+archive = "two"
+every = "1h"
+pre_split_hook = "echo database refused >&2; exit 3"
+[[vm.pair]]
+drive = "vd0"
+target = "{t2}"
+"#,
+            a1 = a1.display(),
+            a2 = a2.display(),
+            q1 = good.qmp_path.display(),
+            q2 = bad.qmp_path.display(),
+            log = hooklog.display(),
+            t1 = good.dir().join("sec.qcow2").display(),
+            t2 = bad.dir().join("sec.qcow2").display(),
+        ),
+    )?;
+    let d = Daemon::start_with(dir.path(), &["--config", s(&cfg)])?;
+    let events = || -> Vec<Value> {
+        d.cli(&["events", "--json"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+            .unwrap_or_default()
+    };
+    let done = harness::wait_until(harness::scaled(std::time::Duration::from_secs(60)), || {
+        let ev = events();
+        ev.iter().any(|e| e["vm"] == "s1" && e["kind"] == "backup" && e["message"].as_str().unwrap_or("").contains("cycle done"))
+            && ev.iter().any(|e| e["vm"] == "s2" && e["kind"] == "error")
+    });
+    assert!(done, "scheduled cycles did not run: {:?}\n{}", events(), d.log());
+    // s1: a cycle with both hooks, into its configured archive (block size from the config).
+    assert_eq!(std::fs::read_to_string(&hooklog)?, "s1 pre-split\ns1 post-thaw\n");
+    let list = d.cli_json(&["archive", "list", s(&a1)])?;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    d.cli_json(&["archive", "verify", s(&a1)])?;
+    // s2: the failing pre hook aborted the cycle before anything changed.
+    let err = events().into_iter().find(|e| e["vm"] == "s2" && e["kind"] == "error").unwrap();
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains("pre-split hook") && msg.contains("database refused") && msg.contains("nothing changed"), "{msg}");
+    assert!(!a2.exists(), "no archive written for the aborted cycle");
+    let st = d.cli_json(&["pair", "status", "s2"])?;
+    assert_eq!(st[0]["state"], "duplex");
+    assert_eq!(st[0]["split_seq"], 0);
+    Ok(())
+}

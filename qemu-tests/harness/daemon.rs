@@ -24,6 +24,7 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     dir: PathBuf,
+    extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -39,10 +40,16 @@ impl Daemon {
 
     /// Starts a daemon with state dir `<dir>/state`, socket `<dir>/qsplit.sock`, log in `dir`.
     pub fn start_in(dir: &Path) -> anyhow::Result<Daemon> {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// Like `start_in`, with extra daemon arguments (e.g. `--config FILE`), kept for restarts.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
         let state_dir = dir.join("state");
         let socket = dir.join("qsplit.sock");
-        let proc = spawn(dir, &state_dir, &socket)?;
-        Ok(Daemon { proc, state_dir, socket, dir: dir.to_path_buf(), _tmp: None })
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let proc = spawn(dir, &state_dir, &socket, &extra)?;
+        Ok(Daemon { proc, state_dir, socket, dir: dir.to_path_buf(), extra, _tmp: None })
     }
 
     pub fn pid(&self) -> u32 {
@@ -65,7 +72,7 @@ impl Daemon {
     /// Kills the daemon if it still runs, then starts it again on the same state dir and socket.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.proc.kill();
-        self.proc = spawn(&self.dir, &self.state_dir, &self.socket)?;
+        self.proc = spawn(&self.dir, &self.state_dir, &self.socket, &self.extra)?;
         Ok(())
     }
 
@@ -103,9 +110,9 @@ impl Daemon {
     }
 }
 
-fn spawn(dir: &Path, state_dir: &Path, socket: &Path) -> anyhow::Result<Proc> {
+fn spawn(dir: &Path, state_dir: &Path, socket: &Path, extra: &[String]) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(qsplit_bin());
-    cmd.arg("daemon").arg("--state-dir").arg(state_dir).arg("--socket").arg(socket);
+    cmd.arg("daemon").arg("--state-dir").arg(state_dir).arg("--socket").arg(socket).args(extra);
     cmd.env("QSPLIT_LOG", std::env::var("QSPLIT_LOG").unwrap_or_else(|_| "debug".into()));
     let mut proc = Proc::spawn("qsplit", cmd, dir)?;
     let ok = super::wait_until(scaled(Duration::from_secs(10)), || {

@@ -25,7 +25,7 @@
 //! target = "/mirror/web1-vd0.qcow2"
 //! ```
 //! On start the daemon attaches the VMs it does not know yet and creates missing pairs; then
-//! every 15 s it starts the cycles that are due: one per VM at a time, at most
+//! every 5 s it starts the cycles that are due (once their pairs finished copying): one per VM at a time, at most
 //! `max_concurrent` at once. Results and failures go to the event stream.
 
 use super::cycle::{self, ArchiveTarget};
@@ -227,49 +227,38 @@ pub fn archive_by_path(path: &Path) -> Option<ArchiveTarget> {
 pub fn start(ctx: Arc<Ctx>, cfg: &Path) -> anyhow::Result<()> {
     let c = Config::load(cfg)?;
     let _ = CONFIG.set(c.clone());
-    tokio::spawn(async move {
-        // Attach and pair (errors go to the event stream; the daemon keeps running).
-        for v in &c.vm {
-            if ctx.vm(&v.name).is_err() {
-                let r = crate::daemon::server::dispatch(
-                    &ctx,
-                    Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() },
-                )
-                .await;
-                if let Err(e) = r {
-                    ctx.events.note(
-                        "error",
-                        &v.name,
-                        None,
-                        format!("config: cannot attach vm {}: {}", v.name, e.message),
-                        serde_json::Value::Null,
-                    );
-                    continue;
+    tokio::spawn(async move { scheduler(ctx, c).await });
+    Ok(())
+}
+
+/// Attaches the configured VMs and creates their pairs, where that has not happened yet. Runs
+/// at start and on every scheduler tick, so a VM whose QEMU starts later is picked up; each
+/// distinct failure is reported once.
+async fn ensure_configured(ctx: &Arc<Ctx>, c: &Config, reported: &mut std::collections::HashSet<String>) {
+    for v in &c.vm {
+        if ctx.vm(&v.name).is_err() {
+            let r = crate::daemon::server::dispatch(ctx, Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() }).await;
+            if let Err(e) = r {
+                if reported.insert(e.message.clone()) {
+                    ctx.events.note("error", &v.name, None, format!("config: cannot attach vm {}: {}", v.name, e.message), serde_json::Value::Null);
                 }
+                continue;
             }
-            for p in &v.pair {
-                if ctx.store.pair(&v.name, &p.drive).is_none() {
-                    let req = Request::PairCreate {
-                        vm: v.name.clone(),
-                        drive: p.drive.clone(),
-                        target: p.target.clone(),
-                        debug_target_file: None,
-                    };
-                    if let Err(e) = crate::daemon::server::dispatch(&ctx, req).await {
-                        ctx.events.note(
-                            "error",
-                            &v.name,
-                            Some(&p.drive),
-                            format!("config: cannot create pair: {}", e.message),
-                            serde_json::Value::Null,
-                        );
+        }
+        if ctx.vm(&v.name).ok().and_then(|rt| rt.connected()).is_none() {
+            continue;
+        }
+        for p in &v.pair {
+            if ctx.store.pair(&v.name, &p.drive).is_none() {
+                let req = Request::PairCreate { vm: v.name.clone(), drive: p.drive.clone(), target: p.target.clone(), debug_target_file: None };
+                if let Err(e) = crate::daemon::server::dispatch(ctx, req).await {
+                    if reported.insert(e.message.clone()) {
+                        ctx.events.note("error", &v.name, Some(&p.drive), format!("config: cannot create pair: {}", e.message), serde_json::Value::Null);
                     }
                 }
             }
         }
-        scheduler(ctx, c).await;
-    });
-    Ok(())
+    }
 }
 
 fn now() -> u64 {
@@ -295,10 +284,18 @@ async fn scheduler(ctx: Arc<Ctx>, c: Config) {
     let mut last: HashMap<String, u64> = HashMap::new();
     let running: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
     let started = now();
+    let mut reported = std::collections::HashSet::new();
     loop {
+        ensure_configured(&ctx, &c, &mut reported).await;
         for v in c.vm.iter().filter(|v| v.archive.is_some()) {
             let due = next_due(v, last.get(&v.name).copied().or(if v.every.is_some() { None } else { Some(started) }), now());
             if due.is_none_or(|d| d > now()) || running.lock().unwrap().contains(&v.name) {
+                continue;
+            }
+            // Not due until the pairs settled (an initial copy or a resync still running).
+            let pairs = ctx.store.pairs_of(&v.name);
+            let busy = pairs.iter().any(|p| matches!(p.state, crate::pair::State::Copying | crate::pair::State::Resyncing));
+            if busy || pairs.is_empty() {
                 continue;
             }
             last.insert(v.name.clone(), now());
@@ -323,7 +320,7 @@ async fn scheduler(ctx: Arc<Ctx>, c: Config) {
                 running.lock().unwrap().remove(&v.name);
             });
         }
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -61,6 +61,8 @@ pub async fn serve(state_dir: &Path, socket: &Path, config: Option<&Path>) -> an
 
 fn start_vm(ctx: &Arc<Ctx>, rec: &VmRecord, conn: Option<Qmp>) -> Arc<VmRt> {
     let rt = Arc::new(VmRt::new(&rec.name, &rec.qmp, rec.qga.as_deref()));
+    // Usable at once (the task reconciles under the VM's token before anything else runs).
+    rt.set_conn(conn.clone());
     ctx.vms.lock().unwrap().insert(rec.name.clone(), rt.clone());
     tokio::spawn(vm::run(ctx.clone(), rt.clone(), conn));
     rt
