@@ -26,5 +26,5 @@ pub mod transport;
 mod wire;
 
 pub use error::QmpError;
-pub use qga::{FreezeStatus, Qga};
+pub use qga::{FreezeStatus, Qga, QgaSession};
 pub use transport::{Qmp, QmpEvent};

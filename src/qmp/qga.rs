@@ -93,36 +93,86 @@ impl Qga {
     }
 
     async fn call_inner(&self, command: &str, args: Value, freezes: bool) -> Result<Value, QmpError> {
+        let mut conn = self.connect_synced(freezes).await?;
+        conn.command(command, args).await
+    }
+
+    /// Opens the socket and synchronises (`guest-sync-delimited` with a random id, stale data
+    /// discarded). `freezes`: refuse an agent running on this host.
+    async fn connect_synced(&self, freezes: bool) -> Result<QgaSession, QmpError> {
         let p = self.path.display().to_string();
         let stream = UnixStream::connect(&self.path).await.map_err(|source| QmpError::Connect { path: p.clone(), source })?;
         if freezes {
             refuse_host_agent(&stream, &p)?;
         }
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::new(rd);
-        let disconnected = |what: &str| QmpError::Disconnected { path: p.clone(), reason: what.to_string() };
-        let write_err = |e: std::io::Error| QmpError::Disconnected { path: p.clone(), reason: format!("write error: {e}") };
-
+        let (rd, wr) = stream.into_split();
+        let mut s = QgaSession { rd: BufReader::new(rd), wr, path: p };
         let id = random_id();
         let sync = json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string();
-        debug!(path = %p, "qga -> 0xff {sync}");
+        debug!(path = %s.path, "qga -> 0xff {sync}");
         let mut msg = vec![0xFF];
         msg.extend_from_slice(sync.as_bytes());
         msg.push(b'\n');
-        wr.write_all(&msg).await.map_err(write_err)?;
+        s.wr.write_all(&msg).await.map_err(|e| s.write_err(e))?;
         loop {
-            let line = next_line(&mut rd, &p).await?.ok_or_else(|| disconnected("closed during guest-sync"))?;
+            let line = next_line(&mut s.rd, &s.path).await?.ok_or_else(|| s.disconnected("closed during guest-sync"))?;
             let Some(at) = line.iter().rposition(|&b| b == 0xFF) else {
-                debug!(path = %p, "qga <- stale line dropped: {}", wire::trace_text(&line));
+                debug!(path = %s.path, "qga <- stale line dropped: {}", wire::trace_text(&line));
                 continue;
             };
             let reply: Option<Value> = serde_json::from_slice(&line[at + 1..]).ok();
             if reply.as_ref().and_then(|r| r.get("return")).and_then(Value::as_u64) == Some(id) {
-                break;
+                return Ok(s);
             }
-            debug!(path = %p, "qga <- stale sync reply dropped: {}", wire::trace_text(&line));
+            debug!(path = %s.path, "qga <- stale sync reply dropped: {}", wire::trace_text(&line));
         }
+    }
 
+    /// A connection that is already synchronised, for a freeze and its thaw: the handshake
+    /// happens before the freeze, so neither pays for it inside the frozen window.
+    pub async fn freeze_session(&self, timeout: Duration) -> Result<QgaSession, QmpError> {
+        match tokio::time::timeout(timeout, self.connect_synced(true)).await {
+            Ok(r) => r,
+            Err(_) => Err(QmpError::Timeout { command: "guest-sync-delimited".into(), timeout }),
+        }
+    }
+}
+
+/// One synchronised agent connection (see `Qga::freeze_session`).
+pub struct QgaSession {
+    rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    path: String,
+}
+
+impl QgaSession {
+    fn disconnected(&self, what: &str) -> QmpError {
+        QmpError::Disconnected { path: self.path.clone(), reason: what.to_string() }
+    }
+
+    fn write_err(&self, e: std::io::Error) -> QmpError {
+        QmpError::Disconnected { path: self.path.clone(), reason: format!("write error: {e}") }
+    }
+
+    /// Runs one command on this connection within `timeout`.
+    pub async fn execute(&mut self, command: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+        match tokio::time::timeout(timeout, self.command(command, args)).await {
+            Ok(r) => r,
+            Err(_) => Err(QmpError::Timeout { command: command.to_string(), timeout }),
+        }
+    }
+
+    pub async fn fsfreeze_freeze(&mut self, timeout: Duration) -> Result<u64, QmpError> {
+        let v = self.execute("guest-fsfreeze-freeze", Value::Null, timeout).await?;
+        count("guest-fsfreeze-freeze", v)
+    }
+
+    pub async fn fsfreeze_thaw(&mut self, timeout: Duration) -> Result<u64, QmpError> {
+        let v = self.execute("guest-fsfreeze-thaw", Value::Null, timeout).await?;
+        count("guest-fsfreeze-thaw", v)
+    }
+
+    async fn command(&mut self, command: &str, args: Value) -> Result<Value, QmpError> {
         let mut cmd = json!({ "execute": command });
         match args {
             Value::Null => {}
@@ -130,19 +180,21 @@ impl Qga {
             other => return Err(QmpError::Protocol(format!("{command}: arguments must be a JSON object, not {other}"))),
         }
         let cmd = cmd.to_string();
-        debug!(path = %p, "qga -> {cmd}");
-        wr.write_all(format!("{cmd}\n").as_bytes()).await.map_err(write_err)?;
+        debug!(path = %self.path, "qga -> {cmd}");
+        self.wr.write_all(format!("{cmd}\n").as_bytes()).await.map_err(|e| self.write_err(e))?;
         loop {
-            let line = next_line(&mut rd, &p).await?.ok_or_else(|| disconnected(&format!("closed before the reply to {command}")))?;
+            let line = next_line(&mut self.rd, &self.path)
+                .await?
+                .ok_or_else(|| self.disconnected(&format!("closed before the reply to {command}")))?;
             let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                return Err(QmpError::Protocol(format!("{command}: undecodable reply from {p}: {}", wire::trace_text(&line))));
+                return Err(QmpError::Protocol(format!("{command}: undecodable reply from {}: {}", self.path, wire::trace_text(&line))));
             };
             match wire::classify(v) {
                 Message::Reply { result: Ok(v), .. } => return Ok(v),
                 Message::Reply { result: Err(e), .. } => {
                     return Err(QmpError::Command { command: command.to_string(), class: e.class, desc: e.desc })
                 }
-                _ => debug!(path = %p, "qga <- non-reply skipped"),
+                _ => debug!(path = %self.path, "qga <- non-reply skipped"),
             }
         }
     }

@@ -74,33 +74,40 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
     let mut freeze_ms = None;
     let mut freeze_note = None;
     let mut frozen_at = None;
+    let mut session = None;
     if mode != Freeze::No {
         let qga = vm.qga.clone().expect("freeze mode implies an agent");
         ctx.save(|s| s.frozen.insert(vm.name.clone()))?;
-        let t = Instant::now();
-        match qga.fsfreeze_freeze(FREEZE_TIMEOUT).await {
-            Ok(n) => {
+        // Connect and synchronise first: the frozen window then holds one round trip each for
+        // the freeze and the thaw, nothing else.
+        let mut sent = false;
+        let frozen = match qga.freeze_session(FREEZE_TIMEOUT).await {
+            Ok(mut sess) => {
+                let t = Instant::now();
+                sent = true;
+                let r = sess.fsfreeze_freeze(FREEZE_TIMEOUT).await;
+                session = Some(sess);
+                r.map(|n| (n, t))
+            }
+            Err(e) => Err(e), // the agent never synchronised: no freeze was sent
+        };
+        match frozen {
+            Ok((n, t)) => {
                 crate::daemon::crash_point(ctx, "split-frozen");
                 frozen_at = Some(t);
-                ctx.events.note(
-                    "freeze",
-                    &vm.name,
-                    None,
-                    format!("vm {}: froze {n} guest filesystems", vm.name),
-                    json!({"filesystems": n}),
-                );
+                ctx.events.note("freeze", &vm.name, None, format!("vm {}: froze {n} guest filesystems", vm.name), json!({"filesystems": n}));
             }
             Err(e) => {
                 // The agent may have frozen some filesystems before failing: always thaw.
-                let _ = qga.fsfreeze_thaw(THAW_TIMEOUT).await;
+                session = None;
+                if sent {
+                    let _ = thaw(&qga, None).await;
+                }
                 let _ = ctx.save(|s| s.frozen.remove(&vm.name));
                 let msg = format!("vm {}: guest agent could not freeze the filesystems: {e}", vm.name);
                 if mode == Freeze::Required {
                     clear_op(ctx, &pairs);
-                    return Err(ApiError::new(
-                        ErrorKind::Agent,
-                        format!("{msg}; not split (use --no-freeze for a crash-consistent split)"),
-                    ));
+                    return Err(ApiError::new(ErrorKind::Agent, format!("{msg}; not split (use --no-freeze for a crash-consistent split)")));
                 }
                 freeze_note = Some(format!("{msg}; split crash-consistent instead"));
             }
@@ -111,7 +118,7 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
 
     if let Some(t) = frozen_at {
         let qga = vm.qga.clone().expect("agent");
-        match thaw(&qga).await {
+        match thaw(&qga, session.take()).await {
             Ok(()) => {
                 let _ = ctx.save(|s| s.frozen.remove(&vm.name));
                 freeze_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
@@ -186,9 +193,15 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
     Ok(result)
 }
 
-async fn thaw(qga: &crate::qmp::Qga) -> Result<(), crate::qmp::QmpError> {
-    // A thaw must not be lost to one dropped reply: three tries. If all fail, the guard stays
-    // recorded and the VM's housekeeping retries every two seconds.
+async fn thaw(qga: &crate::qmp::Qga, session: Option<crate::qmp::QgaSession>) -> Result<(), crate::qmp::QmpError> {
+    // On the freeze's own connection first; then fresh connections. A thaw must not be lost to
+    // one dropped reply. If all fail, the guard stays recorded and the VM's housekeeping
+    // retries every two seconds.
+    if let Some(mut s) = session {
+        if s.fsfreeze_thaw(THAW_TIMEOUT).await.is_ok() {
+            return Ok(());
+        }
+    }
     let mut last = None;
     for _ in 0..3 {
         match qga.fsfreeze_thaw(THAW_TIMEOUT).await {
