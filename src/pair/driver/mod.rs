@@ -4,6 +4,7 @@
 //! pair in a defined state (unchanged, or `suspended` with a reason that says what to do).
 
 pub mod lifecycle;
+pub mod pause;
 pub mod qemu;
 pub mod resync;
 pub mod split;

@@ -13,7 +13,7 @@
 //! Without a usable split bitmap the resync copies everything and says why (`full`, `reason`).
 
 use super::split::SPLIT_BITMAP;
-use super::{qemu, target};
+use super::{pause, qemu, target};
 use crate::api::{ApiError, ErrorKind, ResyncResult};
 use crate::daemon::store::{Op, PairRecord};
 use crate::daemon::{Ctx, VmRt};
@@ -217,15 +217,7 @@ async fn run(
     }
 
     // Final pass with the VM stopped, then the synchronous mirror again.
-    let running = qemu::run_status(q, name).await? == "running";
-    qemu::preflush(q, name, &[p.node.clone(), p.target_node()]).await;
-    if running {
-        ctx.save(|s| s.paused.insert(name.clone()))?;
-    }
-    let t0 = Instant::now();
-    if running {
-        qemu::exec(q, name, "stop", json!(null)).await?;
-    }
+    let stopped = pause::stop(ctx, q, name, &[p.node.clone(), p.target_node()]).await?;
     crate::daemon::crash_point(ctx, "resync-paused");
     // `fin` is started atomically with the last copy. A guest cannot write while the VM is
     // stopped, but monitor-driven I/O can: if `fin` shows writes once the copy is done, they
@@ -267,16 +259,7 @@ async fn run(
         Err(ApiError::qemu(format!("{}: writes kept arriving while the VM was stopped; resync not finished", p.label())))
     }
     .await;
-    let mut pause_ms = 0.0;
-    if running {
-        let mut cont = qemu::exec(q, name, "cont", json!(null)).await;
-        if cont.is_err() && !q.is_closed() {
-            cont = qemu::exec(q, name, "cont", json!(null)).await;
-        }
-        pause_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        cont?;
-        ctx.save(|s| s.paused.remove(name))?;
-    }
+    let pause_ms = pause::resume(ctx, q, name, stopped).await?;
     let (bytes, ran) = inner?;
     copied += bytes;
     if ran {

@@ -12,7 +12,7 @@
 //!
 //! The VM is paused only for steps 2-5. A VM that was not running is neither stopped nor resumed.
 
-use super::{qemu, target};
+use super::{pause, qemu, target};
 use crate::api::{ApiError, ErrorKind, SplitResult};
 use crate::daemon::store::{Op, PairRecord};
 use crate::daemon::{now_secs, Ctx, VmRt};
@@ -215,16 +215,8 @@ async fn thaw(qga: &crate::qmp::Qga, session: Option<crate::qmp::QgaSession>) ->
 /// Steps 2-5: stop, bitmaps, cancel mirrors, cont. Returns the pause in ms. `cont` is sent
 /// whatever happened in between.
 async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Result<f64, ApiError> {
-    let running = qemu::run_status(q, &vm.name).await? == "running";
     let nodes: Vec<String> = pairs.iter().flat_map(|p| [p.node.clone(), p.target_node()]).collect();
-    qemu::preflush(q, &vm.name, &nodes).await;
-    if running {
-        ctx.save(|s| s.paused.insert(vm.name.clone()))?;
-    }
-    let t0 = Instant::now();
-    if running {
-        qemu::exec(q, &vm.name, "stop", json!(null)).await?;
-    }
+    let stopped = pause::stop(ctx, q, &vm.name, &nodes).await?;
     crate::daemon::crash_point(ctx, "split-paused");
     let inner = async {
         let actions: Vec<_> = pairs
@@ -248,19 +240,9 @@ async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Re
         Ok::<(), ApiError>(())
     }
     .await;
-    if running {
-        let mut cont = qemu::exec(q, &vm.name, "cont", json!(null)).await;
-        if cont.is_err() && !q.is_closed() {
-            cont = qemu::exec(q, &vm.name, "cont", json!(null)).await;
-        }
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        cont?;
-        ctx.save(|s| s.paused.remove(&vm.name))?;
-        inner?;
-        return Ok(ms);
-    }
+    let ms = pause::resume(ctx, q, &vm.name, stopped).await?;
     inner?;
-    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+    Ok(ms)
 }
 
 fn clear_op(ctx: &Ctx, pairs: &[PairRecord]) {

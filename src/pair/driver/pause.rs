@@ -1,0 +1,49 @@
+//! Stopping the VM for the short windows that need it (the split instant, the last resync
+//! pass) and always resuming it.
+//!
+//! `stop` first writes the image files' page cache to disk (so QEMU's own flush at `stop` is
+//! short), records the guard "qsplit stopped this VM" in the state file, then stops. `resume`
+//! sends `cont` (a second time if the first failed on a live connection) and clears the guard.
+//! A daemon killed in between leaves the guard recorded, and recovery resumes the VM. A VM that
+//! was not running is neither stopped nor resumed.
+
+use super::qemu;
+use crate::api::ApiError;
+use crate::daemon::Ctx;
+use crate::qmp::Qmp;
+use serde_json::json;
+use std::time::Instant;
+
+#[must_use = "a stopped VM must be resumed"]
+pub struct Stopped {
+    running: bool,
+    t0: Instant,
+}
+
+pub async fn stop(ctx: &Ctx, q: &Qmp, vm: &str, nodes: &[String]) -> Result<Stopped, ApiError> {
+    let running = qemu::run_status(q, vm).await? == "running";
+    qemu::preflush(q, vm, nodes).await;
+    if running {
+        ctx.save(|s| s.paused.insert(vm.to_string()))?;
+    }
+    let t0 = Instant::now();
+    if running {
+        qemu::exec(q, vm, "stop", json!(null)).await?;
+    }
+    Ok(Stopped { running, t0 })
+}
+
+/// Resumes the VM; returns how long it was stopped (0 when qsplit did not stop it).
+pub async fn resume(ctx: &Ctx, q: &Qmp, vm: &str, s: Stopped) -> Result<f64, ApiError> {
+    if !s.running {
+        return Ok(0.0);
+    }
+    let mut cont = qemu::exec(q, vm, "cont", json!(null)).await;
+    if cont.is_err() && !q.is_closed() {
+        cont = qemu::exec(q, vm, "cont", json!(null)).await;
+    }
+    let ms = s.t0.elapsed().as_secs_f64() * 1000.0;
+    cont?;
+    ctx.save(|st| st.paused.remove(vm))?;
+    Ok(ms)
+}
