@@ -168,3 +168,47 @@ async fn a_target_filesystem_that_fills_up_suspends_the_pair() -> anyhow::Result
     d.cli_json(&["pair", "delete", "f5", "vd0"])?;
     Ok(())
 }
+
+#[tokio::test]
+async fn qemu_restarted_or_secondary_replaced_after_split_means_a_full_resync_that_says_why() -> anyhow::Result<()> {
+    harness::init();
+    let size = 16 * MIB;
+    let mut vm = VmBuilder::new("f6").disk(size).start().await?;
+    let d = Daemon::start()?;
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    vm.write("vd0", 0, MIB, 0x61).await?;
+    vm.qemu_io("vd0", "flush").await?;
+    let sp = d.cli_json(&["pair", "split", "f6", "--no-freeze"])?;
+    let image = std::path::PathBuf::from(sp["images"][0].as_str().unwrap());
+    // QEMU restarts: the split bitmap (not persistent) is gone. The split pair keeps its image.
+    vm.restart().await?;
+    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "daemon reconnected", || {
+        d.cli_json(&["vm", "list"]).map(|v| v[0]["connected"] == true && v[0]["pid"] == vm.pid()).unwrap_or(false)
+    });
+    assert_eq!(status_of(&d, "f6", "vd0")?["state"], "split");
+    img::check(&image)?;
+    vm.write("vd0", 2 * MIB, MIB, 0x62).await?;
+    let r = d.cli_json(&["pair", "resync", "f6"])?;
+    assert_eq!(r["full"], true, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("split bitmap is missing"), "{r}");
+    let sp = d.cli_json(&["pair", "split", "f6", "--no-freeze"])?;
+    vm.qemu_io("vd0", "flush").await?;
+    assert!(img::identical(&image, &vm.disk("vd0").path)?);
+    // The secondary replaced by an older image of ours: full copy, and why.
+    let old = vm.dir().join("old.qcow2");
+    std::fs::copy(&image, &old)?;
+    d.cli_json(&["pair", "resync", "f6"])?;
+    d.cli_json(&["pair", "split", "f6", "--no-freeze"])?;
+    std::fs::copy(&old, &image)?; // holds split 2, the pair is at split 3
+    let r = d.cli_json(&["pair", "resync", "f6"])?;
+    assert_eq!(r["full"], true, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("holds split 2"), "{r}");
+    // Replaced by something that is not ours: refused, the file untouched, the pair suspended.
+    d.cli_json(&["pair", "split", "f6", "--no-freeze"])?;
+    std::fs::write(&image, b"not an image")?;
+    let e = d.cli_err(&["pair", "resync", "f6"])?;
+    assert!(e.contains("not an image") || e.contains("not ours"), "{e}");
+    assert_eq!(std::fs::read(&image)?, b"not an image");
+    let _ = sp;
+    Ok(())
+}

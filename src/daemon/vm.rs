@@ -64,8 +64,10 @@ pub async fn run(ctx: Arc<Ctx>, vm: Arc<VmRt>, mut first: Option<Qmp>) {
         ctx.events.note("vm", &vm.name, None, format!("vm {}: QMP connection closed (QEMU exited?)", vm.name), serde_json::Value::Null);
         {
             let _op = vm.op.lock().await;
+            // Pairs that were mirroring lose their mirror; a split pair keeps its (closed,
+            // valid) image and its next resync copies everything, saying why.
             for p in ctx.store.pairs_of(&vm.name) {
-                if p.state != State::Suspended {
+                if matches!(p.state, State::Copying | State::Duplex | State::Resyncing) {
                     ctx.fault(&p.vm, &p.drive, "QEMU exited or closed the QMP connection; when it is back, run `qsplit pair resync` (full copy) or `qsplit pair delete`".into());
                 }
             }

@@ -114,6 +114,35 @@ async fn run(
     // Leftovers of an interrupted attempt or a failed pair.
     qemu::cancel_and_dismiss(q, name, &p.backup_job()).await?;
     qemu::cancel_and_dismiss(q, name, &p.mirror_job()).await?;
+    // A closed secondary must still be the image of this split: missing -> made anew, replaced
+    // by another of ours -> full copy; not ours -> refused (never overwritten).
+    if qemu::node(q, name, &p.target_node()).await?.is_none() && p.target_file.is_none() {
+        let (path, vmn, drive, size) = (p.target.clone(), p.vm.clone(), p.drive.clone(), p.size);
+        let found = tokio::task::spawn_blocking(move || {
+            let f = target::inspect(&path, &vmn, &drive, size)?;
+            if f == target::Found::Missing {
+                target::prepare(&path, &vmn, &drive, size)?;
+            }
+            Ok::<_, ApiError>(f)
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+        match found {
+            target::Found::Missing if !full => {
+                full = true;
+                reason = Some(format!("the secondary {} was missing; it was created anew and everything is copied", p.target.display()));
+            }
+            target::Found::Ours { seq } if seq != p.split_seq && !full => {
+                full = true;
+                reason = Some(format!(
+                    "the secondary {} holds split {seq}, not split {} (replaced?), so everything is copied",
+                    p.target.display(),
+                    p.split_seq
+                ));
+            }
+            _ => {}
+        }
+    }
     target::open(q, p).await?;
     target::reset_bitmaps(q, p, p.split_seq).await?;
 

@@ -34,39 +34,58 @@ fn qemu_img(args: &[&str]) -> Result<std::process::Output, ApiError> {
         .map_err(|e| ApiError::new(crate::api::ErrorKind::Internal, format!("cannot run qemu-img: {e} (install qemu-utils)")))
 }
 
+/// What is at a secondary's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Missing,
+    /// A qcow2 qsplit made for this disk, of the right size; `seq` from its identity marker.
+    Ours { seq: u64 },
+}
+
+/// Inspects `path` (read-only, `-U`): missing, or ours for `vm`/`drive` with `size` bytes.
+/// Anything else (not an image, not ours, other size) is an error that names the file.
+pub fn inspect(path: &Path, vm: &str, drive: &str, size: u64) -> Result<Found, ApiError> {
+    let label = format!("disk {drive} of vm {vm}");
+    let p = path.to_string_lossy().to_string();
+    if !path.exists() {
+        return Ok(Found::Missing);
+    }
+    let out = qemu_img(&["info", "--output=json", "-U", &p])?;
+    if !out.status.success() {
+        return Err(ApiError::bad(format!(
+            "{label}: target {p} exists and is not an image qemu-img can read ({}); choose another path",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let prefix = format!("{MARKER_PREFIX}vm={vm}:drive={drive}:seq=");
+    let seq = if info["format"] == "qcow2" {
+        info["format-specific"]["data"]["bitmaps"].as_array().into_iter().flatten().find_map(|b| {
+            let rest = b["name"].as_str()?.strip_prefix(&prefix)?;
+            rest.split(':').next()?.parse::<u64>().ok()
+        })
+    } else {
+        None
+    };
+    let Some(seq) = seq else {
+        return Err(ApiError::bad(format!(
+            "{label}: target {p} exists and is not ours (no qsplit identity for this disk inside it); choose another path or remove it yourself"
+        )));
+    };
+    let vsize = info["virtual-size"].as_u64().unwrap_or(0);
+    if vsize != size {
+        return Err(ApiError::bad(format!("{label}: target {p} has virtual size {vsize} but the disk has {size}; choose another path")));
+    }
+    Ok(Found::Ours { seq })
+}
+
 /// Makes sure `path` is a usable secondary for `vm`/`drive` of `size` bytes: creates a new
 /// qcow2 (returning true), or accepts an existing image only if qsplit made it for this disk
 /// and its size matches. Never modifies an image that is not ours.
 pub fn prepare(path: &Path, vm: &str, drive: &str, size: u64) -> Result<bool, ApiError> {
     let label = format!("disk {drive} of vm {vm}");
     let p = path.to_string_lossy().to_string();
-    if path.exists() {
-        let out = qemu_img(&["info", "--output=json", "-U", &p])?;
-        if !out.status.success() {
-            return Err(ApiError::bad(format!(
-                "{label}: target {p} exists and is not an image qemu-img can read ({}); choose another path",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let prefix = format!("{MARKER_PREFIX}vm={vm}:drive={drive}:");
-        let ours = info["format"] == "qcow2"
-            && info["format-specific"]["data"]["bitmaps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|b| b["name"].as_str().is_some_and(|n| n.starts_with(&prefix)));
-        if !ours {
-            return Err(ApiError::bad(format!(
-                "{label}: target {p} exists and is not ours (no qsplit identity for this disk inside it); choose another path or remove it yourself"
-            )));
-        }
-        let vsize = info["virtual-size"].as_u64().unwrap_or(0);
-        if vsize != size {
-            return Err(ApiError::bad(format!(
-                "{label}: target {p} has virtual size {vsize} but the disk has {size}; choose another path"
-            )));
-        }
+    if let Found::Ours { .. } = inspect(path, vm, drive, size)? {
         return Ok(false);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
