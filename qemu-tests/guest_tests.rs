@@ -80,9 +80,23 @@ async fn crash_consistent_cycle_and_an_agent_that_stops_answering() -> anyhow::R
     crate::harness::init();
     let g = guest_vm("g2", 1, 64 * MIB, "qsplit.workload=on").await?;
     g.wait_console("QSPLIT-GUEST: workload started", std::time::Duration::from_secs(30)).await?;
-    let d = Daemon::start()?;
+    let mut d = Daemon::start()?;
     attach_and_pair_qga(&d, &g.vm, &["vd0"])?;
     let archive = g.vm.dir().join("g2.tap");
+    // The daemon dies while the guest is frozen: the restarted daemon thaws it, says so, and
+    // the split that never happened leaves the pair duplex.
+    std::fs::write(d.state_dir.join(".crash-at"), "split-frozen")?;
+    let out = d.cli(&["pair", "split", "g2", "--freeze"])?;
+    assert!(!out.status.success(), "the daemon should have died while the guest was frozen");
+    let qga = qsplit::qmp::Qga::new(g.vm.qga_path.as_ref().unwrap());
+    let frozen = qga.fsfreeze_status(std::time::Duration::from_secs(10)).await?;
+    assert_eq!(frozen, qsplit::qmp::FreezeStatus::Frozen, "the crash left the guest frozen, as the test intends");
+    d.restart()?;
+    crate::harness::expect_until(crate::harness::scaled(std::time::Duration::from_secs(30)), "guest thawed by recovery", || {
+        String::from_utf8_lossy(&d.cli(&["events", "--json"]).unwrap().stdout).contains("thawed")
+    });
+    assert_eq!(qga.fsfreeze_status(std::time::Duration::from_secs(10)).await?, qsplit::qmp::FreezeStatus::Thawed);
+    d.cli_json(&["pair", "wait", "g2", "--state", "duplex", "--timeout", "10"])?;
     // Without the agent's help: crash-consistent, still restorable after journal replay.
     let r = d.cli_json(&["backup", "g2", "--archive", s(&archive), "--no-freeze"])?;
     assert_eq!(r["consistency"], "crash");

@@ -112,6 +112,16 @@ async fn split_holds_the_instant_and_resync_copies_only_the_delta() -> anyhow::R
     assert!(img::identical(&image, &vm.disk("vd0").path)?, "second split differs from the primary");
     let names = img::info(&image)?["format-specific"]["data"]["bitmaps"].to_string();
     assert!(names.contains("qsplit.since:1") && names.contains("seq=2"), "{names}");
+
+    // A delta too big for the allowed pause is copied in a pass with the VM running first.
+    for i in 0..24u64 {
+        vm.write("vd0", 32 * MIB + i * MIB, MIB, 0x70).await?;
+    }
+    let r = d.cli_json(&["pair", "resync", "p1", "--max-pause-ms", "1"])?;
+    assert!(r["passes"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["bytes_copied"].as_u64().unwrap(), 24 * MIB, "{r}");
+    let evs = String::from_utf8_lossy(&d.cli(&["events", "--json"])?.stdout).to_string();
+    assert!(evs.contains("resync pass 1 copied"), "the big delta went in a pass before the pause");
     Ok(())
 }
 
