@@ -70,6 +70,8 @@ async fn twenty_cycles_under_writes_keep_both_disks_at_one_instant() -> anyhow::
         for x in arr {
             assert_eq!(x["full"], false, "cycle {cycle}: {x}");
         }
+        // Both disks' last deltas went in one stop of the VM.
+        assert_eq!(arr[0]["pause_ms"], arr[1]["pause_ms"], "cycle {cycle}: {r}");
     }
     stop.store(true, Ordering::Relaxed);
     let rounds = writer.await??;

@@ -155,7 +155,7 @@ fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, read
 async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Result<Vec<DiskResult>, ApiError> {
     let left: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Split).collect();
     let mut out = vec![];
-    for p in left {
+    for p in &left {
         ctx.events.note(
             "backup",
             &vm.name,
@@ -163,19 +163,24 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
             format!("{}: finishing an interrupted cycle (split {})", p.label(), p.split_seq),
             Value::Null,
         );
-        let mut r = if archived(&target.path, &p, p.split_seq) {
+        let r = if archived(&target.path, &p, p.split_seq) {
             disk_result(&p, None, 0, None)
         } else {
             let t = Instant::now();
             let (rep, rchar) = archive_one(vm, &p, target).await?;
             disk_result(&p, Some(&rep), t.elapsed().as_millis() as u64, rchar)
         };
-        let q = vm.qmp()?;
-        let rs = resync::resync_one(ctx, vm, &q, &p, resync::DEFAULT_MAX_PAUSE_MS, false).await?;
-        r.resync_bytes = rs.bytes_copied;
-        r.resync_pause_ms = rs.pause_ms;
-        r.resync_full = rs.full;
         out.push(r);
+    }
+    if !left.is_empty() {
+        let q = vm.qmp()?;
+        for rs in resync::resync_pairs(ctx, vm, &q, &left, resync::DEFAULT_MAX_PAUSE_MS, false).await? {
+            if let Some(r) = out.iter_mut().find(|r| r.drive == rs.drive) {
+                r.resync_bytes = rs.bytes_copied;
+                r.resync_pause_ms = rs.pause_ms;
+                r.resync_full = rs.full;
+            }
+        }
     }
     Ok(out)
 }
@@ -238,10 +243,10 @@ pub async fn run_cycle(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget, freeze: Opt
     }
     crate::daemon::crash_point(ctx, "backup-archived");
     let q = vm.qmp()?;
-    for p in &split_pairs {
-        let p = ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone());
-        let rs = resync::resync_one(ctx, vm, &q, &p, resync::DEFAULT_MAX_PAUSE_MS, false).await?;
-        if let Some(d) = disks.iter_mut().find(|d| d.drive == p.drive) {
+    let current: Vec<PairRecord> = split_pairs.iter().map(|p| ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone())).collect();
+    // One resync for all disks: one final stop of the VM.
+    for rs in resync::resync_pairs(ctx, vm, &q, &current, resync::DEFAULT_MAX_PAUSE_MS, false).await? {
+        if let Some(d) = disks.iter_mut().find(|d| d.drive == rs.drive) {
             d.resync_bytes = rs.bytes_copied;
             d.resync_pause_ms = rs.pause_ms;
             d.resync_full = rs.full;

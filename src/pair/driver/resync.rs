@@ -11,6 +11,8 @@
 //! and nothing is paused. At every moment the union of qsplit bitmaps on the primary covers all
 //! that is not yet copied, so a resync interrupted anywhere (even by SIGKILL) can be re-run.
 //! Without a usable split bitmap the resync copies everything and says why (`full`, `reason`).
+//! Several disks of one VM share one final stop: their passes run one after the other with the
+//! VM running, then one stop covers every disk's last delta and mirror start.
 
 use super::split::SPLIT_BITMAP;
 use super::{pause, qemu, target};
@@ -37,67 +39,120 @@ pub async fn resync(ctx: &Ctx, vm: &VmRt, drives: &[String], max_pause_ms: Optio
         crate::pair::state::step(p.state, &Input::Resync).map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
     }
     let q = vm.qmp()?;
-    let mut out = Vec::new();
-    for p in pairs {
-        out.push(resync_one(ctx, vm, &q, &p, max_pause_ms.unwrap_or(DEFAULT_MAX_PAUSE_MS), false).await?);
-    }
-    Ok(out)
+    resync_pairs(ctx, vm, &q, &pairs, max_pause_ms.unwrap_or(DEFAULT_MAX_PAUSE_MS), false).await
 }
 
 /// Resyncs one pair; `recovering` continues an interrupted resync (state already `resyncing`).
-pub async fn resync_one(
+pub async fn resync_one(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, recovering: bool) -> Result<ResyncResult, ApiError> {
+    let mut r = resync_pairs(ctx, vm, q, std::slice::from_ref(p), max_pause_ms, recovering).await?;
+    Ok(r.remove(0))
+}
+
+/// Resyncs pairs of one VM with a single final stop. Every pair ends `duplex` or `suspended`
+/// (with the reason); if any failed, the error names them after the others finished.
+pub async fn resync_pairs(
     ctx: &Ctx,
     vm: &VmRt,
     q: &Qmp,
-    p: &PairRecord,
+    pairs: &[PairRecord],
     max_pause_ms: u64,
     recovering: bool,
-) -> Result<ResyncResult, ApiError> {
-    let mut full = p.state == crate::pair::State::Suspended;
-    let full_reason = p.reason.clone();
-    if !recovering {
-        let step = ctx.apply(&p.vm, &p.drive, &Input::Resync)?;
-        full = step.effects.contains(&Effect::Resync { full: true });
-    }
-    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync)).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    let reason = full.then(|| format!("the pair was suspended ({})", full_reason.unwrap_or_else(|| "no reason recorded".into())));
-    match run(ctx, vm, q, p, max_pause_ms, full, reason).await {
-        Ok(r) => {
-            ctx.store
-                .update_pair(&p.vm, &p.drive, |rec| {
-                    rec.op = None;
-                    rec.last_pause_ms = Some(r.pause_ms);
-                })
-                .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-            ctx.apply(&p.vm, &p.drive, &Input::ResyncDone)?;
-            ctx.events.note(
-                "resync",
-                &p.vm,
-                Some(&p.drive),
-                format!(
-                    "{}: resync done, {} bytes copied in {} passes, paused {:.1} ms{}",
-                    p.label(),
-                    r.bytes_copied,
-                    r.passes,
-                    r.pause_ms,
-                    if r.full { " (full copy)" } else { "" }
-                ),
-                serde_json::to_value(&r).unwrap_or_default(),
-            );
-            Ok(r)
+) -> Result<Vec<ResyncResult>, ApiError> {
+    let mut done: Vec<ResyncResult> = vec![];
+    let mut pending: Vec<Pending> = vec![];
+    let mut failed: Vec<ApiError> = vec![];
+    for p in pairs {
+        let mut full = p.state == crate::pair::State::Suspended;
+        if !recovering {
+            let step = ctx.apply(&p.vm, &p.drive, &Input::Resync)?;
+            full = step.effects.contains(&Effect::Resync { full: true });
         }
-        Err(e) => {
-            ctx.fault(
-                &p.vm,
-                &p.drive,
-                format!(
-                    "resync failed: {}; run `qsplit pair resync {} {}` again (full copy) or `qsplit pair delete`",
-                    e.message, p.vm, p.drive
-                ),
-            );
-            Err(e)
+        let internal = |e: anyhow::Error| ApiError::new(ErrorKind::Internal, e.to_string());
+        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync)).map_err(internal)?;
+        let reason = full.then(|| format!("the pair was suspended ({})", p.reason.clone().unwrap_or_else(|| "no reason recorded".into())));
+        match run(ctx, vm, q, p, max_pause_ms, full, reason).await {
+            Ok(Prepared::Done(r)) => done.push(finish(ctx, p, r)?),
+            Ok(Prepared::Pending(pend)) => pending.push(pend),
+            Err(e) => failed.push(fail(ctx, p, e)),
         }
     }
+    if !pending.is_empty() {
+        let nodes: Vec<String> = pending.iter().flat_map(|x| [x.p.node.clone(), x.p.target_node()]).collect();
+        let stopped = pause::stop(ctx, q, &vm.name, &nodes).await?;
+        crate::daemon::crash_point(ctx, "resync-paused");
+        let mut outcomes = vec![];
+        for pend in &mut pending {
+            outcomes.push(final_rounds(q, &vm.name, pend).await);
+        }
+        let pause_ms = pause::resume(ctx, q, &vm.name, stopped).await?;
+        for (pend, o) in pending.into_iter().zip(outcomes) {
+            match o {
+                Ok(()) => {
+                    let r = result(&pend.p, pend.copied, pend.dirty_at_start, pend.passes, pause_ms, false, None, pend.t_start);
+                    done.push(finish(ctx, &pend.p, r)?);
+                }
+                Err(e) => failed.push(fail(ctx, &pend.p, e)),
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let msg: Vec<String> = failed.iter().map(|e| e.message.clone()).collect();
+        return Err(ApiError::new(failed[0].kind, msg.join("; ")));
+    }
+    // In the order asked for.
+    done.sort_by_key(|r| pairs.iter().position(|p| p.drive == r.drive));
+    Ok(done)
+}
+
+fn finish(ctx: &Ctx, p: &PairRecord, r: ResyncResult) -> Result<ResyncResult, ApiError> {
+    ctx.store
+        .update_pair(&p.vm, &p.drive, |rec| {
+            rec.op = None;
+            rec.last_pause_ms = Some(r.pause_ms);
+        })
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    ctx.apply(&p.vm, &p.drive, &Input::ResyncDone)?;
+    ctx.events.note(
+        "resync",
+        &p.vm,
+        Some(&p.drive),
+        format!(
+            "{}: resync done, {} bytes copied in {} passes, paused {:.1} ms{}",
+            p.label(),
+            r.bytes_copied,
+            r.passes,
+            r.pause_ms,
+            if r.full { " (full copy)" } else { "" }
+        ),
+        serde_json::to_value(&r).unwrap_or_default(),
+    );
+    Ok(r)
+}
+
+fn fail(ctx: &Ctx, p: &PairRecord, e: ApiError) -> ApiError {
+    ctx.fault(
+        &p.vm,
+        &p.drive,
+        format!("resync failed: {}; run `qsplit pair resync {} {}` again (full copy) or `qsplit pair delete`", e.message, p.vm, p.drive),
+    );
+    ApiError::new(e.kind, format!("{}: resync failed: {}", p.label(), e.message))
+}
+
+/// A resync whose passes are done and whose last delta waits for the VM's stop.
+struct Pending {
+    p: PairRecord,
+    cur: String,
+    next_no: u32,
+    copied: u64,
+    passes: u32,
+    dirty_at_start: u64,
+    t_start: Instant,
+}
+
+enum Prepared {
+    /// Finished without a stop (full copy, or a bitmap-seeded mirror).
+    Done(ResyncResult),
+    Pending(Pending),
 }
 
 async fn run(
@@ -108,7 +163,7 @@ async fn run(
     max_pause_ms: u64,
     mut full: bool,
     mut reason: Option<String>,
-) -> Result<ResyncResult, ApiError> {
+) -> Result<Prepared, ApiError> {
     let t_start = Instant::now();
     let name = &vm.name;
     // Leftovers of an interrupted attempt or a failed pair.
@@ -167,7 +222,7 @@ async fn run(
         }
         target::start_mirror(q, p, "full", None).await?;
         let j = qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, COPY_TIMEOUT).await?;
-        return Ok(result(p, j.total, j.total, 1, 0.0, true, reason, t_start));
+        return Ok(Prepared::Done(result(p, j.total, j.total, 1, 0.0, true, reason, t_start)));
     }
     // One bitmap from here on: merge leftovers of an interrupted resync into the oldest.
     pending
@@ -198,7 +253,7 @@ async fn run(
         target::start_mirror(q, p, "bitmap", Some(&cur)).await?;
         let j = qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, COPY_TIMEOUT).await?;
         qemu::bitmap_remove(q, name, &p.node, &cur).await?;
-        return Ok(result(p, j.total, dirty_at_start, 1, 0.0, false, None, t_start));
+        return Ok(Prepared::Done(result(p, j.total, dirty_at_start, 1, 0.0, false, None, t_start)));
     }
 
     let mut copied = 0u64;
@@ -245,56 +300,56 @@ async fn run(
         );
     }
 
-    // Final pass with the VM stopped, then the synchronous mirror again.
-    let stopped = pause::stop(ctx, q, name, &[p.node.clone(), p.target_node()]).await?;
-    crate::daemon::crash_point(ctx, "resync-paused");
-    // `fin` is started atomically with the last copy. A guest cannot write while the VM is
-    // stopped, but monitor-driven I/O can: if `fin` shows writes once the copy is done, they
-    // are copied by another round before the mirror starts (the window left is the one
-    // command between that check and the mirror start).
-    let inner = async {
-        let mut bytes = 0;
-        let mut ran = false;
-        for _round in 0..4 {
-            let fin = format!("qsplit.pass{next_no}");
-            next_no += 1;
-            if count(&cur).await? > 0 {
-                qemu::exec(
-                    q,
-                    name,
-                    "transaction",
-                    json!({"actions": [
-                        {"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": fin, "persistent": false}},
-                        {"type": "blockdev-backup", "data": backup_args(p, &cur)},
-                    ]}),
-                )
-                .await?;
-                let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
-                qemu::dismiss(q, name, &p.backup_job()).await?;
-                bytes += j.total;
-                ran = true;
-            } else {
-                qemu::bitmap_add(q, name, &p.node, &fin, false, false).await?;
-            }
-            qemu::bitmap_remove(q, name, &p.node, &cur).await?;
-            cur = fin;
-            if count(&cur).await? == 0 {
-                target::start_mirror(q, p, "none", None).await?;
-                qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, Duration::from_secs(30)).await?;
-                qemu::bitmap_remove(q, name, &p.node, &cur).await?;
-                return Ok::<(u64, bool), ApiError>((bytes, ran));
-            }
+    Ok(Prepared::Pending(Pending { p: p.clone(), cur, next_no, copied, passes, dirty_at_start, t_start }))
+}
+
+/// Inside the VM's stop: the last delta, then the synchronous mirror again.
+///
+/// `fin` is started atomically with the last copy. A guest cannot write while the VM is
+/// stopped, but monitor-driven I/O can: if `fin` shows writes once the copy is done, they are
+/// copied by another round before the mirror starts (the window left is the one command
+/// between that check and the mirror start).
+async fn final_rounds(q: &Qmp, name: &str, x: &mut Pending) -> Result<(), ApiError> {
+    let p = x.p.clone();
+    let count = |b: String| {
+        let p = p.clone();
+        async move {
+            qemu::bitmaps(q, name, &p.node).await?.into_iter().find(|y| y.name == b).map(|y| y.count).ok_or_else(|| {
+                ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label()))
+            })
         }
-        Err(ApiError::qemu(format!("{}: writes kept arriving while the VM was stopped; resync not finished", p.label())))
+    };
+    for _round in 0..4 {
+        let fin = format!("qsplit.pass{}", x.next_no);
+        x.next_no += 1;
+        if count(x.cur.clone()).await? > 0 {
+            qemu::exec(
+                q,
+                name,
+                "transaction",
+                json!({"actions": [
+                    {"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": fin, "persistent": false}},
+                    {"type": "blockdev-backup", "data": backup_args(&p, &x.cur)},
+                ]}),
+            )
+            .await?;
+            let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
+            qemu::dismiss(q, name, &p.backup_job()).await?;
+            x.copied += j.total;
+            x.passes += 1;
+        } else {
+            qemu::bitmap_add(q, name, &p.node, &fin, false, false).await?;
+        }
+        qemu::bitmap_remove(q, name, &p.node, &x.cur).await?;
+        x.cur = fin;
+        if count(x.cur.clone()).await? == 0 {
+            target::start_mirror(q, &p, "none", None).await?;
+            qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, Duration::from_secs(30)).await?;
+            qemu::bitmap_remove(q, name, &p.node, &x.cur).await?;
+            return Ok(());
+        }
     }
-    .await;
-    let pause_ms = pause::resume(ctx, q, name, stopped).await?;
-    let (bytes, ran) = inner?;
-    copied += bytes;
-    if ran {
-        passes += 1;
-    }
-    Ok(result(p, copied, dirty_at_start, passes, pause_ms, false, None, t_start))
+    Err(ApiError::qemu(format!("{}: writes kept arriving while the VM was stopped; resync not finished", p.label())))
 }
 
 fn backup_args(p: &PairRecord, bitmap: &str) -> serde_json::Value {
