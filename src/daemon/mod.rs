@@ -34,6 +34,9 @@ pub struct VmRt {
     pub qga: Option<Qga>,
     conn: Mutex<Option<Qmp>>,
     last_error: Mutex<Option<String>>,
+    /// Whether this QEMU has a bitmap-seeded mirror (asked once per connection: the schema is
+    /// a 200 KB reply).
+    pub seeded_mirror: Mutex<Option<bool>>,
     /// The VM's operation token: held for the whole of an operation on its pairs.
     pub op: tokio::sync::Mutex<()>,
     /// Notified when the VM is detached (ends its connection task).
@@ -49,6 +52,7 @@ impl VmRt {
             qga: qga.map(Qga::new),
             conn: Mutex::new(None),
             last_error: Mutex::new(None),
+            seeded_mirror: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
             detached: tokio::sync::Notify::new(),
         }
@@ -75,6 +79,7 @@ impl VmRt {
 
     pub fn set_conn(&self, q: Option<Qmp>) {
         *self.conn.lock().unwrap() = q;
+        *self.seeded_mirror.lock().unwrap() = None;
     }
 
     pub fn set_error(&self, e: Option<String>) {

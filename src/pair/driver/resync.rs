@@ -248,7 +248,16 @@ async fn run(
     };
     let dirty_at_start = count(&cur).await?;
 
-    if qemu::has_seeded_mirror(q, name).await.unwrap_or(false) {
+    let cached = *vm.seeded_mirror.lock().unwrap();
+    let seeded = match cached {
+        Some(b) => b,
+        None => {
+            let b = qemu::has_seeded_mirror(q, name).await.unwrap_or(false);
+            *vm.seeded_mirror.lock().unwrap() = Some(b);
+            b
+        }
+    };
+    if seeded {
         // Bitmap-seeded mirror: copies `cur` then mirrors synchronously; no pause at all.
         target::start_mirror(q, p, "bitmap", Some(&cur)).await?;
         let j = qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, COPY_TIMEOUT).await?;
