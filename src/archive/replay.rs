@@ -161,6 +161,7 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
     let mut shadows: HashMap<String, Shadow> = HashMap::new();
     let mut cur: Option<Current> = None;
     let mut rbuf = vec![0u8; 1 << 20];
+    let mut unsynced = 0u64;
     for m in rx {
         match m {
             Msg::Start { set, header, file } => {
@@ -203,6 +204,12 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                         (Kind::Data, Some(s)) => {
                             if let Some(f) = &sh.file {
                                 f.write_all_at(payload, off)?;
+                                unsynced += payload.len() as u64;
+                                if unsynced >= 64 << 20 {
+                                    // start write-back early: the final fsync then waits less
+                                    super::volume::start_writeback(f);
+                                    unsynced = 0;
+                                }
                             }
                             s.data(off, payload);
                         }

@@ -196,7 +196,7 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
     let mut f = f;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(s.end.pos))?;
     let label = Label { volume: s.end.volume, ..s.label.clone() };
-    let vw = VolumeWriter::append(FileChanger { base: path.clone() }, f, s.end.pos, label);
+    let vw = VolumeWriter::append(FileChanger { base: path.clone() }, volume::SyncFile::new(f), s.end.pos, label);
     Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut })
 }
 
