@@ -38,7 +38,13 @@ fn fixture() -> Fixture {
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(6 << 20).unwrap();
     drop(f);
-    run("sh", &["-c", &format!("head -c 1536K /dev/urandom | dd of={} bs=64K seek=8 conv=notrunc status=none", img.display())]);
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("head -c 1536K /dev/urandom | dd of={} bs=64K seek=8 conv=notrunc status=none", img.display()),
+        ],
+    );
     qemu_io(&img, "raw", "write -P 0x5a 5M 100k");
     let tap = dir.join("t.tap");
     ok(&["archive", "write", s(&img), s(&tap), "--block-size", "16K"]);
@@ -76,7 +82,11 @@ fn restore_refused(f: &Fixture, p: &Path, set: u64, what: &str) {
     let (code, v) = qsplit_json(&["archive", "restore", s(p), s(&out), "--set", &set.to_string()]);
     assert_ne!(code, 0, "{what}: restore of set {set} succeeded: {v}");
     assert!(!out.exists(), "{what}: a refused restore left OUTPUT behind");
-    let stray: Vec<_> = std::fs::read_dir(&f.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains("qsplit-")).collect();
+    let stray: Vec<_> = std::fs::read_dir(&f.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("qsplit-"))
+        .collect();
     assert!(stray.is_empty(), "{what}: temporary files left: {stray:?}");
 }
 
@@ -89,7 +99,20 @@ fn every_flipped_byte_is_found_and_restore_refuses() {
     // positions: evenly spread, plus every field of the first records and the final marks
     let mut at: Vec<usize> = (0..good.len()).step_by(good.len() / 37).collect();
     for &(p, len, _, _) in recs.iter().take(4).chain(recs.iter().rev().take(3)) {
-        at.extend([p, p + 3, p + 4, p + 11, p + 12, p + 20, p + 36, p + 44, p + 60, p + 4 + len - 1, p + 4 + len, p + 7 + len]);
+        at.extend([
+            p,
+            p + 3,
+            p + 4,
+            p + 11,
+            p + 12,
+            p + 20,
+            p + 36,
+            p + 44,
+            p + 60,
+            p + 4 + len - 1,
+            p + 4 + len,
+            p + 7 + len,
+        ]);
     }
     at.extend([good.len() - 1, good.len() - 5]);
     at.sort();
@@ -148,7 +171,12 @@ fn swapped_records_are_named() {
     let d = verify_fails(&p, "swapped records");
     assert_eq!(d[0]["set"], 1);
     assert_eq!(d[0]["pos"], a.0);
-    assert!(d[0]["message"].as_str().unwrap().contains("out of place") || d[0]["message"].as_str().unwrap().contains("out of order"), "{}", d[0]);
+    assert!(
+        d[0]["message"].as_str().unwrap().contains("out of place")
+            || d[0]["message"].as_str().unwrap().contains("out of order"),
+        "{}",
+        d[0]
+    );
     restore_refused(&f, &p, 1, "swapped records");
 }
 

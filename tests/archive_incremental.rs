@@ -43,10 +43,19 @@ fn chain_of_incrementals_restores_every_set() {
     assert_eq!(w["split_seq"], 1);
     assert!(w["reason"].as_str().unwrap().contains("qsplit.since:0"), "{w}");
 
-    next_split(&mut q, &img, 2, &["write -P 0x21 1M 64k", "write -z 2M 1M", "write -P 0x22 40M 2M", "discard 20M 512k"]);
+    next_split(
+        &mut q,
+        &img,
+        2,
+        &["write -P 0x21 1M 64k", "write -z 2M 1M", "write -P 0x22 40M 2M", "discard 20M 512k"],
+    );
     std::fs::copy(&img, d.path().join("snap2.qcow2")).unwrap();
     let w = ok(&["archive", "write", s(&img), s(&tap)]);
-    assert_eq!((w["set"].as_u64(), w["type"].as_str(), w["base_set"].as_u64()), (Some(2), Some("incremental"), Some(1)), "{w}");
+    assert_eq!(
+        (w["set"].as_u64(), w["type"].as_str(), w["base_set"].as_u64()),
+        (Some(2), Some("incremental"), Some(1)),
+        "{w}"
+    );
     assert_eq!(w["bitmap"], "qsplit.since:1");
     assert_eq!(w["bytes_data"], (64 << 10) + (2 << 20), "{w}");
     assert!(w["bytes_read"].as_u64().unwrap() < 16 << 20, "an incremental reads only touched chunks: {w}");

@@ -30,7 +30,7 @@ fn raw_full_round_trip_raw_and_qcow2_output() {
     assert_eq!(w["type"], "full");
     assert_eq!(w["disk"], "disk.raw");
     let data = w["bytes_data"].as_u64().unwrap();
-    assert!((4 << 20) + 4096 <= data && data <= (4 << 20) + 8192, "{w}");
+    assert!(((4 << 20) + 4096..=(4 << 20) + 8192).contains(&data), "{w}");
     assert!(w["bytes_zero"].as_u64().unwrap() >= 2 << 20);
     assert!(w["reason"].as_str().unwrap().contains("no qsplit.since"));
     assert_eq!(w["volumes"], serde_json::json!([1]));
@@ -58,7 +58,11 @@ fn raw_full_round_trip_raw_and_qcow2_output() {
     assert!(String::from_utf8_lossy(&info.stdout).contains("\"format\": \"qcow2\""));
     assert_identical(&img, &q);
     // no temporary files left beside the outputs
-    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with('.')).collect();
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -89,7 +93,10 @@ fn spanning_volumes_restore_and_walk_with_mtdump() {
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(32 << 20).unwrap();
     drop(f);
-    run("sh", &["-c", &format!("head -c 9M /dev/urandom | dd of={} bs=1M seek=3 conv=notrunc status=none", img.display())]);
+    run(
+        "sh",
+        &["-c", &format!("head -c 9M /dev/urandom | dd of={} bs=1M seek=3 conv=notrunc status=none", img.display())],
+    );
     let tap = d.path().join("span.tap");
     let w = ok(&["archive", "write", s(&img), s(&tap), "--capacity", "2M", "--block-size", "32K"]);
     let vols = w["volumes"].as_array().unwrap().len();
@@ -140,7 +147,13 @@ fn mtdump_sees_one_tape_file_per_set_and_full_records() {
     assert_eq!(records, 1 + w1["records"].as_u64().unwrap() + w2["records"].as_u64().unwrap(), "{text}");
     // data records are full 64 KiB blocks: 64-byte header + 61440 bytes
     assert!(text.contains("length = 61504"), "{text}");
-    assert!(text.lines().filter_map(|l| l.split("length = ").nth(1)).all(|n| n.split(' ').next().unwrap().parse::<u32>().unwrap() <= 65536));
+    assert!(text.lines().filter_map(|l| l.split("length = ").nth(1)).all(|n| n
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse::<u32>()
+        .unwrap()
+        <= 65536));
 }
 
 #[test]
@@ -162,12 +175,38 @@ fn unsupported_qcow2_features_are_refused_with_the_file_named() {
     assert_ne!(code, 0);
     assert!(e["error"].as_str().unwrap().contains("backing file"), "{e}");
     let enc = d.path().join("enc.qcow2");
-    run("qemu-img", &["create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0", s(&enc), "8M"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "--object",
+            "secret,id=s0,data=pw",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0",
+            s(&enc),
+            "8M",
+        ],
+    );
     let (code, e) = qsplit_json(&["archive", "write", s(&enc), s(&tap)]);
     assert_ne!(code, 0);
     assert!(e["error"].as_str().unwrap().contains("encrypted"), "{e}");
     let ext = d.path().join("ext.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &format!("data_file={}", d.path().join("ext.data").display()), s(&ext), "8M"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={}", d.path().join("ext.data").display()),
+            s(&ext),
+            "8M",
+        ],
+    );
     let (code, e) = qsplit_json(&["archive", "write", s(&ext), s(&tap)]);
     assert_ne!(code, 0);
     assert!(e["error"].as_str().unwrap().contains("external data file"), "{e}");

@@ -160,7 +160,12 @@ impl Emitter<'_> {
         }
         Ok(())
     }
-    fn data(&mut self, off: u64, bytes: &[u8], emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn data(
+        &mut self,
+        off: u64,
+        bytes: &[u8],
+        emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         self.flush_zero(emit)?;
         for (i, p) in bytes.chunks(self.piece).enumerate() {
             emit(Out::Data { off: off + (i * self.piece) as u64, bytes: p })?;
@@ -168,7 +173,12 @@ impl Emitter<'_> {
         Ok(())
     }
     /// One extent: holes become zero records only in incrementals (`holes_matter`).
-    fn extent(&mut self, x: &Extent, holes_matter: bool, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn extent(
+        &mut self,
+        x: &Extent,
+        holes_matter: bool,
+        emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         match x.seg {
             Seg::Hole if holes_matter => self.zero(x.start, x.len, emit),
             Seg::Hole => Ok(()),
@@ -206,7 +216,15 @@ impl Emitter<'_> {
             }
         }
     }
-    fn run(&mut self, base: u64, b: &[u8], s: usize, e: usize, zero: bool, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn run(
+        &mut self,
+        base: u64,
+        b: &[u8],
+        s: usize,
+        e: usize,
+        zero: bool,
+        emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if zero {
             self.zero(base + s as u64, (e - s) as u64, emit)
         } else {
@@ -216,7 +234,12 @@ impl Emitter<'_> {
 }
 
 /// The digest thread: hashes whole chunks (holes as zeros) as their indices arrive.
-fn hash_chunks(img: &Image, chunk: u64, rx: Receiver<Vec<u64>>, base: Option<&[[u8; 32]]>) -> Result<(Vec<[u8; 32]>, u64), ImageError> {
+fn hash_chunks(
+    img: &Image,
+    chunk: u64,
+    rx: Receiver<Vec<u64>>,
+    base: Option<&[[u8; 32]]>,
+) -> Result<(Vec<[u8; 32]>, u64), ImageError> {
     let size = img.virtual_size();
     let n = size.div_ceil(chunk) as usize;
     let mut d = match base {

@@ -144,7 +144,11 @@ impl RecHdr {
 /// so records of aligned extents stay page-aligned.
 pub fn data_per_record(block: u32) -> usize {
     let room = block as usize - HDR_LEN;
-    if block >= MIN_BLOCK { room & !4095 } else { room & !511 }
+    if block >= MIN_BLOCK {
+        room & !4095
+    } else {
+        room & !511
+    }
 }
 
 /// Digests carried by one trailer record.
@@ -420,7 +424,9 @@ pub fn decode_trailer(p: &[u8]) -> Result<Trailer<'_>, FormatError> {
     let n = r.u64(w)?;
     r.take(TRAILER_FIXED - r.o, w)?;
     let digests = &p[TRAILER_FIXED..];
-    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64) || first.checked_add(n).is_none_or(|e| e > n_chunks) {
+    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64)
+        || first.checked_add(n).map_or(true, |e| e > n_chunks)
+    {
         return Err(FormatError::Malformed("trailer (digest count)"));
     }
     Ok(Trailer { counts, n_chunks, first, digests })

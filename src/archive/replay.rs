@@ -116,7 +116,12 @@ fn hash_file_range(f: &File, a: u64, b: u64, buf: &mut [u8]) -> std::io::Result<
 fn zero_range(f: &File, off: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: fallocate on a descriptor we own; no memory is passed.
     let r = unsafe {
-        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off as libc::off_t, len as libc::off_t)
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
     };
     if r == 0 {
         return Ok(());
@@ -181,15 +186,31 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                         }
                         None => None,
                     };
-                    shadows.insert(disk.clone(), Shadow { file: f, size: header.virtual_size, chunk: header.chunk_size, digests: vec![], set: 0 });
+                    shadows.insert(
+                        disk.clone(),
+                        Shadow {
+                            file: f,
+                            size: header.virtual_size,
+                            chunk: header.chunk_size,
+                            digests: vec![],
+                            set: 0,
+                        },
+                    );
                 } else {
                     let ok = shadows.get(&disk).is_some_and(|s| {
-                        s.set == header.base_set && s.size == header.virtual_size && s.chunk == header.chunk_size && s.file.is_some()
+                        s.set == header.base_set
+                            && s.size == header.virtual_size
+                            && s.chunk == header.chunk_size
+                            && s.file.is_some()
                     });
                     if !ok {
-                        problem = Some(format!("cannot check it: its base set {} was not replayed intact before it", header.base_set));
+                        problem = Some(format!(
+                            "cannot check it: its base set {} was not replayed intact before it",
+                            header.base_set
+                        ));
                     } else if super::format::root_digest(&shadows[&disk].digests) != header.base_root {
-                        problem = Some(format!("it names a base with a different root digest than set {}", header.base_set));
+                        problem =
+                            Some(format!("it names a base with a different root digest than set {}", header.base_set));
                     }
                 }
                 let stream = (full && problem.is_none()).then(|| Stream::new(header.chunk_size, header.virtual_size));
@@ -221,7 +242,8 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                             } else {
                                 zero_range(f, off, len)?;
                             }
-                            let last = ((off + len.max(1) - 1) / sh.chunk).min((c.touched.len() as u64 * 64).saturating_sub(1));
+                            let last = ((off + len.max(1) - 1) / sh.chunk)
+                                .min((c.touched.len() as u64 * 64).saturating_sub(1));
                             for ch in off / sh.chunk..=last {
                                 if let Some(w) = c.touched.get_mut((ch / 64) as usize) {
                                     *w |= 1 << (ch % 64);
@@ -243,7 +265,12 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
     Ok(())
 }
 
-fn finish_set(c: &mut Current, shadows: &mut HashMap<String, Shadow>, digests: Vec<[u8; 32]>, rbuf: &mut [u8]) -> Result<(), String> {
+fn finish_set(
+    c: &mut Current,
+    shadows: &mut HashMap<String, Shadow>,
+    digests: Vec<[u8; 32]>,
+    rbuf: &mut [u8],
+) -> Result<(), String> {
     if let Some(p) = c.problem.take() {
         if let Some(s) = shadows.get_mut(&c.disk) {
             s.set = 0;
@@ -263,7 +290,8 @@ fn finish_set(c: &mut Current, shadows: &mut HashMap<String, Shadow>, digests: V
             let ok = if touched {
                 let a = i as u64 * sh.chunk;
                 let b = (a + sh.chunk).min(sh.size);
-                let d = hash_file_range(f, a, b, rbuf).map_err(|e| format!("cannot read back the rebuilt image: {e}"))?;
+                let d =
+                    hash_file_range(f, a, b, rbuf).map_err(|e| format!("cannot read back the rebuilt image: {e}"))?;
                 Some(&d) == digests.get(i)
             } else {
                 sh.digests.get(i) == digests.get(i)
@@ -304,7 +332,7 @@ pub struct Driver {
 
 impl Visitor for Driver {
     fn wants(&mut self, set: u64, h: &SetHeader) -> bool {
-        self.active = self.scope.as_ref().is_none_or(|s| s.contains(&set));
+        self.active = self.scope.as_ref().map_or(true, |s| s.contains(&set));
         self.current = set;
         if self.active {
             let file = self.files.get(&h.disk).cloned();

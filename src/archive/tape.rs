@@ -70,7 +70,7 @@ impl<W: Write> TapeWriter<W> {
     }
     /// Would a record of `len` bytes still fit (with room to close the medium)?
     pub fn fits(&self, len: usize) -> bool {
-        self.capacity.is_none_or(|c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
+        self.capacity.map_or(true, |c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
     }
 
     /// Writes one record made of `parts` (concatenated). Returns whether the medium is now in
@@ -132,10 +132,18 @@ impl<W: Write> TapeWriter<W> {
 pub enum TapeItem {
     /// A record of `len` bytes starting (at its length field) at `pos`; `read` bytes of it
     /// were copied into the caller's buffer (all of it unless the caller asked for less).
-    Record { pos: u64, len: u32, read: usize },
-    Mark { pos: u64 },
+    Record {
+        pos: u64,
+        len: u32,
+        read: usize,
+    },
+    Mark {
+        pos: u64,
+    },
     /// End-of-medium marker, or the physical end of the file exactly at a boundary.
-    End { pos: u64 },
+    End {
+        pos: u64,
+    },
 }
 
 /// Damage found by the framing layer, with the byte offset where it was found.

@@ -15,7 +15,15 @@ const CHUNK: u64 = 4096;
 /// Writes full sets of the given images (data records for non-zero 512-byte blocks).
 fn build(images: &[Vec<u8>], block: u32, capacity: u64) -> Vec<Vec<u8>> {
     let shelf: Shelf = Default::default();
-    let label = Label { archive_id: [3; 16], volume: 1, block_size: block, capacity, continues_set: 0, continues_seq: 0, created: 0 };
+    let label = Label {
+        archive_id: [3; 16],
+        volume: 1,
+        block_size: block,
+        capacity,
+        continues_set: 0,
+        continues_seq: 0,
+        created: 0,
+    };
     let mut w = VolumeWriter::create(MemChanger(shelf.clone()), label).unwrap();
     for (i, img) in images.iter().enumerate() {
         let set = i as u64 + 1;

@@ -5,10 +5,10 @@
 //! digests, rebuilding incremental chains in a sparse scratch file beside the archive (removed
 //! afterwards). Damage is reported with volume, set, record and byte offset.
 
+use super::format::SetType;
 use super::replay::with_driver;
 use super::scan::{scan, Damage, Headers, SetInfo};
 use super::volume::FileSource;
-use super::format::SetType;
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// Every complete set of the archive, in order. Damage that stops the walk is logged; the sets
 /// before it are still listed.
 pub fn list(path: &Path) -> anyhow::Result<Vec<SetInfo>> {
-    let s = scan(FileSource { base: path.to_path_buf() }, &mut Headers, false).map_err(|d| anyhow!("archive {}: {d}", path.display()))?;
+    let s = scan(FileSource { base: path.to_path_buf() }, &mut Headers, false)
+        .map_err(|d| anyhow!("archive {}: {d}", path.display()))?;
     if let Some(d) = &s.stopped {
         tracing::warn!("archive {}: {d}", path.display());
     }
@@ -28,15 +29,22 @@ pub fn list(path: &Path) -> anyhow::Result<Vec<SetInfo>> {
 pub fn chain(sets: &[SetInfo], n: u64) -> anyhow::Result<Vec<u64>> {
     let by = |k: u64| sets.iter().find(|s| s.set == k);
     let Some(mut cur) = by(n) else {
-        bail!("there is no complete set {n} (the archive has {})", match (sets.first(), sets.last()) {
-            (Some(a), Some(b)) => format!("sets {}..{}", a.set, b.set),
-            _ => "no complete set".into(),
-        });
+        bail!(
+            "there is no complete set {n} (the archive has {})",
+            match (sets.first(), sets.last()) {
+                (Some(a), Some(b)) => format!("sets {}..{}", a.set, b.set),
+                _ => "no complete set".into(),
+            }
+        );
     };
     let mut v = vec![n];
     while let Some(b) = cur.base_set {
         let Some(base) = by(b) else { bail!("set {} builds on set {b}, which is missing or damaged", cur.set) };
-        if base.disk != cur.disk || base.virtual_size != cur.virtual_size || base.root_bytes != cur.header.base_root || b >= cur.set {
+        if base.disk != cur.disk
+            || base.virtual_size != cur.virtual_size
+            || base.root_bytes != cur.header.base_root
+            || b >= cur.set
+        {
             bail!("set {} does not chain onto set {b} (disk, size or root digest differ)", cur.set);
         }
         v.push(b);
@@ -88,10 +96,12 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
     let src = || FileSource { base: path.to_path_buf() };
     let pre = scan(src(), &mut Headers, false).map_err(|d| anyhow!("archive {}: {d}", path.display()))?;
     let scope: Option<HashSet<u64>> = match set {
-        Some(n) => Some(chain(&pre.sets, n).map_err(|e| anyhow!("archive {}: {e}", path.display()))?.into_iter().collect()),
+        Some(n) => {
+            Some(chain(&pre.sets, n).map_err(|e| anyhow!("archive {}: {e}", path.display()))?.into_iter().collect())
+        }
         None => None,
     };
-    let in_scope = |s: &SetInfo| scope.as_ref().is_none_or(|sc| sc.contains(&s.set));
+    let in_scope = |s: &SetInfo| scope.as_ref().map_or(true, |sc| sc.contains(&s.set));
     let mut files = HashMap::new();
     let mut scratch = Scratch(vec![]);
     for s in pre.sets.iter().filter(|s| in_scope(s) && s.set_type == SetType::Incremental) {
@@ -109,7 +119,7 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
     let mut damage: Vec<Damage> = s.damage;
     damage.extend(s.stopped);
     // with --set, damage elsewhere is not this verification's business
-    damage.retain(|d| scope.as_ref().is_none_or(|sc| d.set.is_some_and(|x| sc.contains(&x))));
+    damage.retain(|d| scope.as_ref().map_or(true, |sc| d.set.is_some_and(|x| sc.contains(&x))));
     let sets_checked: Vec<u64> = match &scope {
         Some(sc) => {
             let mut v: Vec<u64> = sc.iter().copied().collect();
@@ -126,6 +136,9 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
         ok,
         sets_ok,
         sets_checked,
-        damage: damage.into_iter().map(|d| DamageReport { message: format!("archive {}: {d}", path.display()), at: d }).collect(),
+        damage: damage
+            .into_iter()
+            .map(|d| DamageReport { message: format!("archive {}: {d}", path.display()), at: d })
+            .collect(),
     })
 }

@@ -324,7 +324,15 @@ impl<S: Source> VolumeReader<S> {
             tape: TapeReader::new(r, 0, super::format::MAX_BLOCK),
             path,
             volume: 1,
-            label: Label { archive_id: [0; 16], volume: 1, block_size: 0, capacity: 0, continues_set: 0, continues_seq: 0, created: 0 },
+            label: Label {
+                archive_id: [0; 16],
+                volume: 1,
+                block_size: 0,
+                capacity: 0,
+                continues_set: 0,
+                continues_seq: 0,
+                created: 0,
+            },
             max_len: super::format::MAX_BLOCK,
             prev_mark: false,
         };
@@ -415,9 +423,13 @@ impl<S: Source> VolumeReader<S> {
     pub fn next(&mut self, buf: &mut Vec<u8>, want: usize) -> Result<Item, VolError> {
         loop {
             let item = self.tape.next(buf, want.max(HDR_LEN)).map_err(|e| self.tape_err(e))?;
-            let loc = Loc { volume: self.volume, path: self.path.clone(), pos: match item {
-                TapeItem::Record { pos, .. } | TapeItem::Mark { pos } | TapeItem::End { pos } => pos,
-            } };
+            let loc = Loc {
+                volume: self.volume,
+                path: self.path.clone(),
+                pos: match item {
+                    TapeItem::Record { pos, .. } | TapeItem::Mark { pos } | TapeItem::End { pos } => pos,
+                },
+            };
             match item {
                 TapeItem::Mark { .. } if self.prev_mark => {
                     // End of this volume's data; a next volume starting a new set may follow.
@@ -443,12 +455,17 @@ impl<S: Source> VolumeReader<S> {
                     RecHdr::decode(buf).map_err(|e| err(loc.clone(), format!("end-of-volume record: {e}")))?;
                     let m1 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
                     let m2 = self.tape.next(buf, 0).map_err(|e| self.tape_err(e))?;
-                    if !matches!((m1, m2), (TapeItem::Mark { .. }, TapeItem::Mark { .. })) || hdr.a != self.volume as u64 + 1 {
+                    if !matches!((m1, m2), (TapeItem::Mark { .. }, TapeItem::Mark { .. }))
+                        || hdr.a != self.volume as u64 + 1
+                    {
                         return Err(err(loc, "end-of-volume record is not followed by two tape marks"));
                     }
                     let expect = Label { continues_set: hdr.set, continues_seq: hdr.seq + 1, ..self.label.clone() };
                     if !self.next_volume(expect)? {
-                        return Err(err(loc, format!("volume {} is missing (set {} continues there)", self.volume + 1, hdr.set)));
+                        return Err(err(
+                            loc,
+                            format!("volume {} is missing (set {} continues there)", self.volume + 1, hdr.set),
+                        ));
                     }
                     return Ok(Item::Switched { set: hdr.set, seq: hdr.seq, loc });
                 }
@@ -462,7 +479,10 @@ pub struct MemSource(pub Vec<Vec<u8>>);
 impl Source for MemSource {
     type R = Cursor<Vec<u8>>;
     fn open(&mut self, n: u32) -> io::Result<Option<(Cursor<Vec<u8>>, PathBuf)>> {
-        Ok((n as usize).checked_sub(1).and_then(|i| self.0.get(i)).map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
+        Ok((n as usize)
+            .checked_sub(1)
+            .and_then(|i| self.0.get(i))
+            .map(|v| (Cursor::new(v.clone()), PathBuf::from(format!("mem{n}")))))
     }
     fn exists(&mut self, n: u32) -> bool {
         n as usize <= self.0.len()
@@ -509,7 +529,15 @@ mod tests {
     use super::*;
 
     fn label(cap: u64, block: u32) -> Label {
-        Label { archive_id: [7; 16], volume: 1, block_size: block, capacity: cap, continues_set: 0, continues_seq: 0, created: 0 }
+        Label {
+            archive_id: [7; 16],
+            volume: 1,
+            block_size: block,
+            capacity: cap,
+            continues_set: 0,
+            continues_seq: 0,
+            created: 0,
+        }
     }
 
     fn write_sets(cap: u64, block: u32, sets: &[usize]) -> Vec<Vec<u8>> {

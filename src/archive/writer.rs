@@ -84,16 +84,24 @@ pub fn plan<'a>(
     if let Some(name) = want {
         let Some(b) = bitmaps.iter().find(|b| b.name == name) else {
             let have: Vec<&str> = bitmaps.iter().map(|b| b.name.as_str()).collect();
-            return Err(format!("the image has no persistent bitmap '{name}' (it has: {})", if have.is_empty() { "none".into() } else { have.join(", ") }));
+            return Err(format!(
+                "the image has no persistent bitmap '{name}' (it has: {})",
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            ));
         };
         if let Some(p) = &b.problem {
             return Err(format!("bitmap '{name}' cannot be used: {p}; write a full set with --full"));
         }
         let Some(base) = latest else {
-            return Err(format!("the archive has no earlier set for disk '{disk}' to build on; write a full set with --full"));
+            return Err(format!(
+                "the archive has no earlier set for disk '{disk}' to build on; write a full set with --full"
+            ));
         };
         if base.virtual_size != size {
-            return Err(format!("set {} of disk '{disk}' has virtual size {}, the image {}; write a full set with --full", base.set, base.virtual_size, size));
+            return Err(format!(
+                "set {} of disk '{disk}' has virtual size {}, the image {}; write a full set with --full",
+                base.set, base.virtual_size, size
+            ));
         }
         if let Some(m) = identity::parse_since(name) {
             if base.split_seq != Some(m) {
@@ -102,12 +110,16 @@ pub fn plan<'a>(
         }
         if let (Some(id), Some(bs)) = (split, base.split_seq) {
             if bs >= id.seq {
-                return Err(format!("the latest set for disk '{disk}' (set {}) is split {bs}, not older than this image's split {}", base.set, id.seq));
+                return Err(format!(
+                    "the latest set for disk '{disk}' (set {}) is split {bs}, not older than this image's split {}",
+                    base.set, id.seq
+                ));
             }
         }
         return Ok(Plan::Incremental { bitmap: b, base });
     }
-    let since: Vec<(u64, &Bitmap)> = bitmaps.iter().filter_map(|b| identity::parse_since(&b.name).map(|m| (m, b))).collect();
+    let since: Vec<(u64, &Bitmap)> =
+        bitmaps.iter().filter_map(|b| identity::parse_since(&b.name).map(|m| (m, b))).collect();
     if since.is_empty() {
         return full_because("the image has no qsplit.since bitmap".into());
     }
@@ -125,10 +137,18 @@ pub fn plan<'a>(
         return full_because(format!("bitmap {} cannot be trusted: {p}", b.name));
     }
     if base.virtual_size != size {
-        return full_because(format!("the virtual size changed from {} (set {}) to {size}", base.virtual_size, base.set));
+        return full_because(format!(
+            "the virtual size changed from {} (set {}) to {size}",
+            base.virtual_size, base.set
+        ));
     }
     if base.split_seq != Some(m) {
-        return full_because(format!("bitmap {} builds on split {m}, but the latest set for disk '{disk}' (set {}) is split {}", b.name, base.set, seq_text(base.split_seq)));
+        return full_because(format!(
+            "bitmap {} builds on split {m}, but the latest set for disk '{disk}' (set {}) is split {}",
+            b.name,
+            base.set,
+            seq_text(base.split_seq)
+        ));
     }
     Ok(Plan::Incremental { bitmap: b, base })
 }
@@ -164,11 +184,24 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
     let exists = std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
     if !exists {
         if o.capacity.is_some_and(|c| c < volume::min_capacity(block)) {
-            bail!("capacity {} is too small for {block}-byte records (at least {})", o.capacity.unwrap_or(0), volume::min_capacity(block));
+            bail!(
+                "capacity {} is too small for {block}-byte records (at least {})",
+                o.capacity.unwrap_or(0),
+                volume::min_capacity(block)
+            );
         }
         let _ = std::fs::remove_file(path); // an empty file left by an earlier attempt
-        let label = Label { archive_id: random_id(), volume: 1, block_size: block, capacity: o.capacity.unwrap_or(0), continues_set: 0, continues_seq: 0, created: now() };
-        let vw = VolumeWriter::create(FileChanger { base: path.clone() }, label).with_context(|| format!("cannot create {}", path.display()))?;
+        let label = Label {
+            archive_id: random_id(),
+            volume: 1,
+            block_size: block,
+            capacity: o.capacity.unwrap_or(0),
+            continues_set: 0,
+            continues_seq: 0,
+            created: now(),
+        };
+        let vw = VolumeWriter::create(FileChanger { base: path.clone() }, label)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         return Ok(Opened { vw, block, sets: vec![], cut: None });
     }
     let s = scan::scan(FileSource { base: path.clone() }, &mut Headers, true).map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -176,21 +209,33 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
         bail!("the archive was created with {}-byte records; --block-size cannot change it", s.label.block_size);
     }
     if o.capacity.is_some_and(|c| c != s.label.capacity) {
-        bail!("the archive was created with capacity {}; --capacity cannot change it", if s.label.capacity == 0 { "unlimited".into() } else { s.label.capacity.to_string() });
+        bail!(
+            "the archive was created with capacity {}; --capacity cannot change it",
+            if s.label.capacity == 0 { "unlimited".into() } else { s.label.capacity.to_string() }
+        );
     }
     let mut cut = None;
     if let Some(d) = &s.stopped {
         if !s.tail_only {
             bail!("damaged: {d}; refusing to append (run `qsplit archive verify`)");
         }
-        let last = (s.end.volume..).take_while(|&n| volume::volume_path(path, n).exists()).last().unwrap_or(s.end.volume);
+        let last =
+            (s.end.volume..).take_while(|&n| volume::volume_path(path, n).exists()).last().unwrap_or(s.end.volume);
         let len = std::fs::metadata(&s.end.path)?.len();
-        cut = Some(format!("cut an unfinished tail ({d}): {} bytes of volume {}{}", len.saturating_sub(s.end.pos), s.end.volume, if last > s.end.volume { format!(" and volumes {}..{last}", s.end.volume + 1) } else { String::new() }));
+        cut = Some(format!(
+            "cut an unfinished tail ({d}): {} bytes of volume {}{}",
+            len.saturating_sub(s.end.pos),
+            s.end.volume,
+            if last > s.end.volume { format!(" and volumes {}..{last}", s.end.volume + 1) } else { String::new() }
+        ));
         for n in (s.end.volume + 1..=last).rev() {
             std::fs::remove_file(volume::volume_path(path, n))?;
         }
     }
-    let f = std::fs::OpenOptions::new().write(true).open(&s.end.path).with_context(|| format!("cannot open {} for writing", s.end.path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.end.path)
+        .with_context(|| format!("cannot open {} for writing", s.end.path.display()))?;
     f.set_len(s.end.pos)?;
     f.sync_all()?;
     let mut f = f;
@@ -211,7 +256,8 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let ctx = || format!("archive {}", o.archive.display());
     let mut op = open_for_append(o, block).with_context(ctx)?;
     let block = op.block;
-    let split = img.bitmaps().iter().filter(|b| b.problem.is_none() || b.in_use).find_map(|b| identity::parse_id(&b.name));
+    let split =
+        img.bitmaps().iter().filter(|b| b.problem.is_none() || b.in_use).find_map(|b| identity::parse_id(&b.name));
     let file_name = o.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let disk = o.disk.clone().or_else(|| split.as_ref().map(|s| s.disk())).unwrap_or(file_name.clone());
     let size = img.virtual_size();
@@ -263,7 +309,12 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let mut records = 1u64;
     let bar = (o.progress && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(size);
-        b.set_style(indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_bar}").unwrap());
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_bar}",
+            )
+            .unwrap(),
+        );
         b
     });
     let piece = format::data_per_record(block);

@@ -107,7 +107,10 @@ pub fn run(cmd: ArchiveCmd, json: bool) -> anyhow::Result<i32> {
             if json {
                 super::output::print_json(&sets);
             } else {
-                println!("{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  volumes", "set", "disk", "type", "base", "split", "time", "size", "data");
+                println!(
+                    "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  volumes",
+                    "set", "disk", "type", "base", "split", "time", "size", "data"
+                );
                 for s in &sets {
                     println!(
                         "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  {:?}",
@@ -133,10 +136,16 @@ pub fn run(cmd: ArchiveCmd, json: bool) -> anyhow::Result<i32> {
                 for d in &r.damage {
                     println!("DAMAGE: {}", d.message);
                 }
-                println!("{}: {} of {} set(s) verified intact", if r.ok { "ok" } else { "FAILED" }, r.sets_ok.len(), r.sets_checked.len());
+                println!(
+                    "{}: {} of {} set(s) verified intact",
+                    if r.ok { "ok" } else { "FAILED" },
+                    r.sets_ok.len(),
+                    r.sets_checked.len()
+                );
             }
             if !r.ok {
-                let first = r.damage.first().map_or("not every set could be verified".to_string(), |d| d.message.clone());
+                let first =
+                    r.damage.first().map_or("not every set could be verified".to_string(), |d| d.message.clone());
                 eprintln!("qsplit: error: {first}");
                 return Ok(2);
             }

@@ -28,12 +28,19 @@ const FLAG_AUTO: u32 = 2;
 /// Parses the bitmap directory. `ext` is the extension data, `f` the whole file.
 /// A structurally broken directory is an error; a bitmap that merely cannot be trusted is
 /// returned with `problem` set.
-pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consistent: bool) -> Result<Vec<Bitmap>, String> {
+pub fn parse_directory(
+    f: &[u8],
+    ext: &[u8],
+    cluster_size: u64,
+    size: u64,
+    consistent: bool,
+) -> Result<Vec<Bitmap>, String> {
     let bad = |w: &str| format!("bitmap directory: {w}");
     let n = be32(ext, 0).ok_or_else(|| bad("extension cut short"))?;
     let dir_size = be64(ext, 8).ok_or_else(|| bad("extension cut short"))?;
     let dir_off = be64(ext, 16).ok_or_else(|| bad("extension cut short"))?;
-    let end = dir_off.checked_add(dir_size).filter(|&e| e <= f.len() as u64).ok_or_else(|| bad("lies outside the file"))?;
+    let end =
+        dir_off.checked_add(dir_size).filter(|&e| e <= f.len() as u64).ok_or_else(|| bad("lies outside the file"))?;
     let dir = &f[dir_off as usize..end as usize];
     let mut out = Vec::new();
     let mut o = 0usize;
@@ -43,7 +50,8 @@ pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consi
         };
         let ty = *dir.get(o + 16).ok_or_else(|| bad("entry cut short"))?;
         let gbits = *dir.get(o + 17).ok_or_else(|| bad("entry cut short"))? as u32;
-        let name_size = u16::from_be_bytes([dir.get(o + 18).copied().unwrap_or(0), dir.get(o + 19).copied().unwrap_or(0)]) as usize;
+        let name_size =
+            u16::from_be_bytes([dir.get(o + 18).copied().unwrap_or(0), dir.get(o + 19).copied().unwrap_or(0)]) as usize;
         let extra = be32(dir, o + 20).ok_or_else(|| bad("entry cut short"))? as usize;
         let name_at = o + 24 + extra;
         let name = dir.get(name_at..name_at + name_size).ok_or_else(|| bad("entry name cut short"))?;
@@ -62,12 +70,20 @@ pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consi
             let need = bits.div_ceil(cluster_size * 8);
             if (t_size as u64) < need
                 || t_off % cluster_size != 0
-                || t_off.checked_add(t_size as u64 * 8).is_none_or(|e| e > f.len() as u64)
+                || t_off.checked_add(t_size as u64 * 8).map_or(true, |e| e > f.len() as u64)
             {
                 problem = Some("its bitmap table is inconsistent with the image".to_string());
             }
         }
-        out.push(Bitmap { name, in_use: flags & FLAG_IN_USE != 0, enabled: flags & FLAG_AUTO != 0, granularity, problem, table_offset: t_off, table_size: t_size });
+        out.push(Bitmap {
+            name,
+            in_use: flags & FLAG_IN_USE != 0,
+            enabled: flags & FLAG_AUTO != 0,
+            granularity,
+            problem,
+            table_offset: t_off,
+            table_size: t_size,
+        });
     }
     Ok(out)
 }
@@ -75,7 +91,14 @@ pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consi
 impl Bitmap {
     /// Appends the dirty guest ranges within `[start, end)` (clipped to it, merged) to `out`.
     /// Only valid for a bitmap without `problem`.
-    pub fn dirty(&self, f: &[u8], cluster_size: u64, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<(), String> {
+    pub fn dirty(
+        &self,
+        f: &[u8],
+        cluster_size: u64,
+        start: u64,
+        end: u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), String> {
         let g = self.granularity;
         let bits_per_cluster = cluster_size * 8;
         let mut bit = start / g;
@@ -105,7 +128,9 @@ impl Bitmap {
                 bit = cluster_end;
                 continue;
             }
-            let data = f.get(off as usize..(off + cluster_size) as usize).ok_or("bitmap data cluster lies outside the file")?;
+            let data = f
+                .get(off as usize..(off + cluster_size) as usize)
+                .ok_or("bitmap data cluster lies outside the file")?;
             while bit < cluster_end {
                 let i = bit - ti * bits_per_cluster;
                 let byte = data[(i / 8) as usize];
@@ -175,8 +200,16 @@ mod tests {
         b[0].dirty(&f, 65536, 0, 1 << 20, &mut out).unwrap();
         assert_eq!(out, vec![(0, 1 << 20)]);
         let (f, ext) = file(0, &[], 1);
-        assert!(parse_directory(&f, &ext, 65536, 1 << 20, true).unwrap()[0].problem.as_ref().unwrap().contains("in-use"));
-        assert!(parse_directory(&f, &ext, 65536, 1 << 20, false).unwrap()[0].problem.as_ref().unwrap().contains("inconsistent"));
+        assert!(parse_directory(&f, &ext, 65536, 1 << 20, true).unwrap()[0]
+            .problem
+            .as_ref()
+            .unwrap()
+            .contains("in-use"));
+        assert!(parse_directory(&f, &ext, 65536, 1 << 20, false).unwrap()[0]
+            .problem
+            .as_ref()
+            .unwrap()
+            .contains("inconsistent"));
     }
 
     #[test]

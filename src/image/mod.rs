@@ -82,8 +82,14 @@ impl Image {
                 .map(|i| qcow2::be64(bytes, hdr.l1_offset as usize + i * 8).unwrap_or(0))
                 .collect::<Vec<_>>();
             if let Some((o, l)) = hdr.bitmaps_ext {
-                img.bitmaps = bitmap::parse_directory(bytes, &bytes[o..o + l], hdr.cluster_size(), hdr.size, hdr.autoclear & 1 != 0)
-                    .map_err(e)?;
+                img.bitmaps = bitmap::parse_directory(
+                    bytes,
+                    &bytes[o..o + l],
+                    hdr.cluster_size(),
+                    hdr.size,
+                    hdr.autoclear & 1 != 0,
+                )
+                .map_err(e)?;
             }
             img.size = hdr.size;
             img.kind = Kind::Qcow2 { hdr, l1 };
@@ -131,12 +137,20 @@ impl Image {
             return Ok(());
         }
         match &self.kind {
-            Kind::Raw => raw::extents(&self.file, start, end, out).map_err(|x| self.err(format!("SEEK_DATA/SEEK_HOLE failed: {x}"))),
+            Kind::Raw => raw::extents(&self.file, start, end, out)
+                .map_err(|x| self.err(format!("SEEK_DATA/SEEK_HOLE failed: {x}"))),
             Kind::Qcow2 { hdr, l1 } => self.qcow2_extents(hdr, l1, start, end, out),
         }
     }
 
-    fn qcow2_extents(&self, hdr: &qcow2::Header, l1: &[u64], start: u64, end: u64, out: &mut Vec<Extent>) -> Result<(), ImageError> {
+    fn qcow2_extents(
+        &self,
+        hdr: &qcow2::Header,
+        l1: &[u64],
+        start: u64,
+        end: u64,
+        out: &mut Vec<Extent>,
+    ) -> Result<(), ImageError> {
         let cs = hdr.cluster_size();
         let n = hdr.l2_entries();
         let f = self.bytes();
@@ -176,7 +190,8 @@ impl Image {
         if let Some(p) = &b.problem {
             return Err(self.err(format!("bitmap {}: {p}", b.name)));
         }
-        b.dirty(self.bytes(), self.cluster_size(), start, end.min(self.size), out).map_err(|m| self.err(format!("bitmap {}: {m}", b.name)))
+        b.dirty(self.bytes(), self.cluster_size(), start, end.min(self.size), out)
+            .map_err(|m| self.err(format!("bitmap {}: {m}", b.name)))
     }
 
     /// The stored bytes at host offset `host` (a `Seg::Data` extent's), clipped to the file.

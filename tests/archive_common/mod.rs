@@ -17,8 +17,13 @@ pub fn qsplit() -> Command {
 /// Runs `qsplit --json ARGS...`, returning (exit code, parsed stdout).
 pub fn qsplit_json(args: &[&str]) -> (i32, Value) {
     let out = qsplit().arg("--json").args(args).output().expect("run qsplit");
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("qsplit {args:?}: stdout is not one JSON value ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "qsplit {args:?}: stdout is not one JSON value ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -31,14 +36,26 @@ pub fn ok(args: &[&str]) -> Value {
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(o.status.success(), "{cmd} {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
 /// `qemu-img compare` says the two images are identical.
 pub fn assert_identical(a: &Path, b: &Path) {
     let o = Command::new("qemu-img").arg("compare").arg(a).arg(b).output().expect("qemu-img");
-    assert!(o.status.success(), "qemu-img compare {} {}: {}{}", a.display(), b.display(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "qemu-img compare {} {}: {}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("Images are identical"));
 }
 
@@ -106,13 +123,19 @@ impl Qemu {
     }
 
     pub fn open(&mut self, node: &str, file: &Path) {
-        self.cmd("blockdev-add", json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": s(file)}}));
+        self.cmd(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": s(file)}}),
+        );
     }
     pub fn close(&mut self, node: &str) {
         self.cmd("blockdev-del", json!({"node-name": node}));
     }
     pub fn bitmap_add(&mut self, node: &str, name: &str, disabled: bool) {
-        self.cmd("block-dirty-bitmap-add", json!({"node": node, "name": name, "persistent": true, "disabled": disabled}));
+        self.cmd(
+            "block-dirty-bitmap-add",
+            json!({"node": node, "name": name, "persistent": true, "disabled": disabled}),
+        );
     }
     pub fn bitmap_remove(&mut self, node: &str, name: &str) {
         self.cmd("block-dirty-bitmap-remove", json!({"node": node, "name": name}));
