@@ -18,6 +18,10 @@ pub const DIGEST_BLAKE3: u8 = 1;
 pub const DEFAULT_BLOCK: u32 = 64 * 1024;
 pub const MIN_BLOCK: u32 = 16 * 1024;
 pub const MAX_BLOCK: u32 = 1024 * 1024;
+/// Largest digest chunk (4 GiB): with at most 65536 chunks, images up to 256 TiB.
+pub const MAX_CHUNK: u64 = 1 << 32;
+/// Largest virtual size qsplit archives.
+pub const MAX_IMAGE: u64 = MAX_CHUNK * 65536;
 /// Flag on the last trailer record of a set.
 pub const FLAG_LAST: u16 = 1;
 
@@ -353,7 +357,7 @@ impl SetHeader {
         let base_root = r.take(32, w)?.try_into().unwrap();
         let archive_id = r.take(16, w)?.try_into().unwrap();
         r.take(SET_FIXED - r.o, w)?;
-        if chunk_size < 4096 || !chunk_size.is_power_of_two() || (set_type == SetType::Incremental) != (base_set != 0) {
+        if chunk_size < 4096 || chunk_size > MAX_CHUNK || !chunk_size.is_power_of_two() || (set_type == SetType::Incremental) != (base_set != 0) {
             return Err(FormatError::Malformed("set header (chunk size or base set)"));
         }
         Ok(SetHeader {

@@ -2,8 +2,8 @@
 //!
 //! `list` walks headers and trailers only (data records are skipped with seeks). `verify`
 //! walks everything: every record's CRC, the structure of every set, and every set's chunk
-//! digests, rebuilding incremental chains in a sparse scratch file beside the archive (removed
-//! afterwards). Damage is reported with volume, set, record and byte offset.
+//! digests, rebuilding incremental chains in a sparse scratch file beside the archive (or in
+//! `$TMPDIR` if the archive's directory is read-only; removed afterwards). Damage is reported with volume, set, record and byte offset.
 
 use super::format::SetType;
 use super::replay::with_driver;
@@ -106,8 +106,13 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
     let mut scratch = Scratch(vec![]);
     for s in pre.sets.iter().filter(|s| in_scope(s) && s.set_type == SetType::Incremental) {
         if !files.contains_key(&s.disk) {
-            let p = scratch_path(path, &format!("verify{}", files.len()));
-            std::fs::File::create(&p).map_err(|e| anyhow!("cannot create scratch file {}: {e}", p.display()))?;
+            // beside the archive (same filesystem, room for the image); else in $TMPDIR
+            let tag = format!("verify{}", files.len());
+            let mut p = scratch_path(path, &tag);
+            if std::fs::File::create(&p).is_err() {
+                p = scratch_path(&std::env::temp_dir().join(path.file_name().unwrap_or_default()), &tag);
+                std::fs::File::create(&p).map_err(|e| anyhow!("cannot create scratch file {}: {e}", p.display()))?;
+            }
             scratch.0.push(p.clone());
             files.insert(s.disk.clone(), p);
         }

@@ -256,8 +256,11 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let ctx = || format!("archive {}", o.archive.display());
     let mut op = open_for_append(o, block).with_context(ctx)?;
     let block = op.block;
-    let split =
-        img.bitmaps().iter().filter(|b| b.problem.is_none() || b.in_use).find_map(|b| identity::parse_id(&b.name));
+    if img.virtual_size() > format::MAX_IMAGE {
+        bail!("image {}: virtual size {} is over the archive format's limit of 256 TiB", o.image.display(), img.virtual_size());
+    }
+    // the marker's name is its content: readable even when the bitmap itself is not trusted
+    let split = img.bitmaps().iter().filter_map(|b| identity::parse_id(&b.name)).max_by_key(|id| id.seq);
     let file_name = o.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let disk = o.disk.clone().or_else(|| split.as_ref().map(|s| s.disk())).unwrap_or(file_name.clone());
     let size = img.virtual_size();
