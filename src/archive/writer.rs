@@ -396,3 +396,97 @@ impl Opened {
         self.vw.archive_id()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::volume::Loc;
+
+    fn set(n: u64, split: Option<u64>, size: u64) -> SetInfo {
+        let h = SetHeader {
+            set_type: SetType::Full,
+            base_set: 0,
+            virtual_size: size,
+            chunk_size: 1 << 20,
+            cluster_size: 65536,
+            block_size: 65536,
+            split_seq: split,
+            split_time: None,
+            written: 0,
+            base_root: [0; 32],
+            archive_id: [0; 16],
+            disk: "vm/vd".into(),
+            vm: String::new(),
+            drive: String::new(),
+            label: String::new(),
+            source: String::new(),
+            bitmap: String::new(),
+            note: String::new(),
+        };
+        SetInfo {
+            set: n,
+            disk: "vm/vd".into(),
+            vm: None,
+            drive: None,
+            split_seq: split,
+            time: None,
+            set_type: SetType::Full,
+            base_set: None,
+            virtual_size: size,
+            bytes_data: 0,
+            bytes_zero: 0,
+            records: 0,
+            volumes: vec![1],
+            written: 0,
+            label: None,
+            source: String::new(),
+            bitmap: None,
+            root: String::new(),
+            header: h,
+            root_bytes: [0; 32],
+            digests: None,
+            start: Loc { volume: 1, path: "x".into(), pos: 0 },
+        }
+    }
+
+    fn reason(p: Result<Plan<'_>, String>) -> String {
+        match p {
+            Ok(Plan::Full { reason }) => reason,
+            Ok(Plan::Incremental { bitmap, base }) => format!("incremental from {} on set {}", bitmap.name, base.set),
+            Err(e) => format!("refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn automatic_plan_chains_only_onto_the_matching_split() {
+        let bms = [Bitmap::named("qsplit.since:4", None), Bitmap::named("other", None)];
+        let base = set(7, Some(4), 1 << 30);
+        let p = |l: Option<&SetInfo>, size| reason(plan(false, None, &bms, None, "vm/vd", size, l));
+        assert_eq!(p(Some(&base), 1 << 30), "incremental from qsplit.since:4 on set 7");
+        assert!(p(None, 1 << 30).contains("no earlier set"));
+        assert!(p(Some(&base), 2 << 30).contains("virtual size changed"));
+        assert!(p(Some(&set(7, Some(3), 1 << 30)), 1 << 30).contains("builds on split 4"));
+        assert!(p(Some(&set(7, None, 1 << 30)), 1 << 30).contains("not from a split"));
+        assert_eq!(reason(plan(true, None, &bms, None, "vm/vd", 1 << 30, Some(&base))), "--full was given");
+        let none: [Bitmap; 0] = [];
+        assert!(reason(plan(false, None, &none, None, "vm/vd", 1 << 30, Some(&base))).contains("no qsplit.since"));
+        let zero = [Bitmap::named("qsplit.since:0", None)];
+        assert!(reason(plan(false, None, &zero, None, "vm/vd", 1 << 30, Some(&base))).contains("since:0"));
+        let bad = [Bitmap::named("qsplit.since:4", Some("it is flagged in-use"))];
+        assert!(reason(plan(false, None, &bad, None, "vm/vd", 1 << 30, Some(&base))).contains("in-use"));
+    }
+
+    #[test]
+    fn explicit_bitmap_is_refused_unless_it_chains() {
+        let bms = [Bitmap::named("qsplit.since:4", None), Bitmap::named("mine", None)];
+        let base = set(7, Some(4), 1 << 30);
+        let p = |name, l: Option<&SetInfo>| reason(plan(false, Some(name), &bms, None, "vm/vd", 1 << 30, l));
+        assert_eq!(p("mine", Some(&base)), "incremental from mine on set 7");
+        assert!(p("nope", Some(&base)).starts_with("refused: the image has no persistent bitmap 'nope'"));
+        assert!(p("mine", None).contains("refused") && p("mine", None).contains("--full"));
+        assert!(p("qsplit.since:4", Some(&set(7, Some(2), 1 << 30))).contains("refused"));
+        let id = identity::SplitId { vm: "vm".into(), drive: "vd".into(), seq: 4, time: 0 };
+        let r = reason(plan(false, Some("mine"), &bms, Some(&id), "vm/vd", 1 << 30, Some(&base)));
+        assert!(r.contains("not older than"), "{r}");
+    }
+}

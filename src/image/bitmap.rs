@@ -89,6 +89,20 @@ pub fn parse_directory(
 }
 
 impl Bitmap {
+    /// A bitmap value for tests of code that only looks at names and problems.
+    #[doc(hidden)]
+    pub fn named(name: &str, problem: Option<&str>) -> Bitmap {
+        Bitmap {
+            name: name.into(),
+            in_use: false,
+            enabled: true,
+            granularity: 65536,
+            problem: problem.map(Into::into),
+            table_offset: 0,
+            table_size: 0,
+        }
+    }
+
     /// Appends the dirty guest ranges within `[start, end)` (clipped to it, merged) to `out`.
     /// Only valid for a bitmap without `problem`.
     pub fn dirty(
