@@ -357,7 +357,11 @@ impl SetHeader {
         let base_root = r.take(32, w)?.try_into().unwrap();
         let archive_id = r.take(16, w)?.try_into().unwrap();
         r.take(SET_FIXED - r.o, w)?;
-        if chunk_size < 4096 || chunk_size > MAX_CHUNK || !chunk_size.is_power_of_two() || (set_type == SetType::Incremental) != (base_set != 0) {
+        if chunk_size < 4096
+            || chunk_size > MAX_CHUNK
+            || !chunk_size.is_power_of_two()
+            || (set_type == SetType::Incremental) != (base_set != 0)
+        {
             return Err(FormatError::Malformed("set header (chunk size or base set)"));
         }
         Ok(SetHeader {

@@ -257,7 +257,11 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let mut op = open_for_append(o, block).with_context(ctx)?;
     let block = op.block;
     if img.virtual_size() > format::MAX_IMAGE {
-        bail!("image {}: virtual size {} is over the archive format's limit of 256 TiB", o.image.display(), img.virtual_size());
+        bail!(
+            "image {}: virtual size {} is over the archive format's limit of 256 TiB",
+            o.image.display(),
+            img.virtual_size()
+        );
     }
     // the marker's name is its content: readable even when the bitmap itself is not trusted
     let split = img.bitmaps().iter().filter_map(|b| identity::parse_id(&b.name)).max_by_key(|id| id.seq);
