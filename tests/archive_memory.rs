@@ -8,6 +8,7 @@ use archive_common::*;
 /// Runs `qsplit --json ARGS`, returning its stdout and its own peak RSS in KiB (wait4).
 fn qsplit_rss(args: &[&str]) -> (serde_json::Value, i64) {
     use std::io::Read;
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, to get its own rusage
     let mut c = qsplit().arg("--json").args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut out = Vec::new();
     c.stdout.take().unwrap().read_to_end(&mut out).unwrap();

@@ -357,8 +357,7 @@ impl SetHeader {
         let base_root = r.take(32, w)?.try_into().unwrap();
         let archive_id = r.take(16, w)?.try_into().unwrap();
         r.take(SET_FIXED - r.o, w)?;
-        if chunk_size < 4096
-            || chunk_size > MAX_CHUNK
+        if !(4096..=MAX_CHUNK).contains(&chunk_size)
             || !chunk_size.is_power_of_two()
             || (set_type == SetType::Incremental) != (base_set != 0)
         {
