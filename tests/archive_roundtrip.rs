@@ -217,3 +217,23 @@ fn unsupported_qcow2_features_are_refused_with_the_file_named() {
     assert_ne!(code, 0, "{e}");
     assert_eq!(std::fs::read(&junk).unwrap(), vec![7u8; 5000]);
 }
+
+#[test]
+fn a_second_writer_is_refused_while_the_archive_is_locked() {
+    use std::os::unix::io::AsRawFd;
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("l.raw");
+    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let tap = d.path().join("l.tap");
+    ok(&["archive", "write", s(&img), s(&tap)]);
+    let held = std::fs::File::open(&tap).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let before = std::fs::read(&tap).unwrap();
+    let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&tap)]);
+    assert_ne!(code, 0);
+    assert!(e["error"].as_str().unwrap().contains("locked"), "{e}");
+    assert_eq!(std::fs::read(&tap).unwrap(), before);
+    drop(held);
+    assert_eq!(ok(&["archive", "write", s(&img), s(&tap)])["set"], 2);
+}

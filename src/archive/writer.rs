@@ -177,6 +177,19 @@ struct Opened {
     block: u32,
     sets: Vec<SetInfo>,
     cut: Option<String>,
+    /// Volume 1, locked (flock) for the whole append so two writers cannot interleave.
+    _lock: std::fs::File,
+}
+
+/// Takes the archive's writer lock (an exclusive `flock` on volume 1), or says who holds it.
+fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another qsplit is writing to this archive (it is locked); try again when it is done");
+    }
+    Ok(f)
 }
 
 fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
@@ -202,8 +215,10 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
         };
         let vw = VolumeWriter::create(FileChanger { base: path.clone() }, label)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        return Ok(Opened { vw, block, sets: vec![], cut: None });
+        let _lock = lock(path)?;
+        return Ok(Opened { vw, block, sets: vec![], cut: None, _lock });
     }
+    let _lock = lock(path)?;
     let s = scan::scan(FileSource { base: path.clone() }, &mut Headers, true).map_err(|d| anyhow::anyhow!("{d}"))?;
     if o.block_size.is_some_and(|b| b != s.label.block_size) {
         bail!("the archive was created with {}-byte records; --block-size cannot change it", s.label.block_size);
@@ -242,7 +257,7 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(s.end.pos))?;
     let label = Label { volume: s.end.volume, ..s.label.clone() };
     let vw = VolumeWriter::append(FileChanger { base: path.clone() }, volume::SyncFile::new(f), s.end.pos, label);
-    Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut })
+    Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut, _lock })
 }
 
 /// Appends one set made from `o.image` to `o.archive`.
