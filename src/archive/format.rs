@@ -3,7 +3,7 @@
 //! Every qsplit record is a 64-byte little-endian header followed by a payload. The header
 //! starts with the magic `QSPTAP01` (the last two digits are the format version), carries the
 //! record kind, payload length, set number, sequence number, two kind-specific words, twelve
-//! reserved bytes, and a CRC32C covering header bytes 0..60 and the whole payload.
+//! reserved bytes, and a CRC32C covering the whole payload followed by header bytes 0..60.
 //!
 //! Pure code: byte slices in, values out. Decoding never panics and never allocates more than
 //! the input's size; every length is checked against the bytes actually present.
@@ -88,16 +88,24 @@ impl RecHdr {
     }
     /// Encodes the header for `payload`, computing its CRC.
     pub fn encode(&self, payload: &[u8]) -> [u8; HDR_LEN] {
+        self.encode_with_crc(payload.len(), crc32c::crc32c(payload))
+    }
+
+    /// Encodes the header for a payload of `len` bytes whose own CRC32C is `payload_crc`
+    /// (computed elsewhere, e.g. by another thread).
+    pub fn encode_with_crc(&self, len: usize, payload_crc: u32) -> [u8; HDR_LEN] {
         let mut h = [0u8; HDR_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&(self.kind as u16).to_le_bytes());
         h[10..12].copy_from_slice(&self.flags.to_le_bytes());
-        h[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&(len as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.set.to_le_bytes());
         h[24..32].copy_from_slice(&self.seq.to_le_bytes());
         h[32..40].copy_from_slice(&self.a.to_le_bytes());
         h[40..48].copy_from_slice(&self.b.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..60]), payload);
+        // payload first, then the header: the payload's CRC can be computed by another thread
+        // before the header (which carries the sequence number) exists
+        let crc = crc32c::crc32c_append(payload_crc, &h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -110,7 +118,7 @@ impl RecHdr {
             return Err(FormatError::PayloadLen { field: h.payload_len, actual: payload.len() });
         }
         let want = u32::from_le_bytes(rec[60..64].try_into().unwrap());
-        if crc32c::crc32c_append(crc32c::crc32c(&rec[..60]), payload) != want {
+        if crc32c::crc32c_append(crc32c::crc32c(payload), &rec[..60]) != want {
             return Err(FormatError::Crc);
         }
         Ok((h, payload))

@@ -204,7 +204,13 @@ impl<C: Changer> VolumeWriter<C> {
     }
 
     /// Writes one record of the current set; fills in set and sequence number.
-    pub fn write(&mut self, mut hdr: RecHdr, payload: &[&[u8]]) -> Result<(), TapeError> {
+    pub fn write(&mut self, hdr: RecHdr, payload: &[&[u8]]) -> Result<(), TapeError> {
+        let crc = payload.iter().fold(0, |c, p| crc32c::crc32c_append(c, p));
+        self.write_crc(hdr, payload, crc)
+    }
+
+    /// Like [`Self::write`], with the payload's CRC32C already computed.
+    pub fn write_crc(&mut self, mut hdr: RecHdr, payload: &[&[u8]], payload_crc: u32) -> Result<(), TapeError> {
         let plen: usize = payload.iter().map(|p| p.len()).sum();
         let len = HDR_LEN + plen;
         if !self.room_for(len) {
@@ -215,7 +221,7 @@ impl<C: Changer> VolumeWriter<C> {
         }
         hdr.set = self.set;
         hdr.seq = self.seq;
-        let enc = if payload.len() == 1 { hdr.encode(payload[0]) } else { hdr.encode(&payload.concat()) };
+        let enc = hdr.encode_with_crc(plen, payload_crc);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(payload.len() + 1);
         parts.push(&enc);
         parts.extend_from_slice(payload);

@@ -341,35 +341,55 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     });
     let piece = format::data_per_record(block);
     let ranges = bitmap.map_or(Ranges::All, Ranges::Dirty);
-    let (digests, stats) = copy::copy(
-        &img,
-        ranges,
-        chunk,
-        base_digests.as_deref().map(|v| v.as_slice()),
-        piece,
-        &mut |out| {
-            match out {
-                Out::Data { off, bytes } => {
-                    vw.write(RecHdr::new(Kind::Data, 0, 0, off, bytes.len() as u64), &[bytes]).map_err(io)?;
-                    counts.data_records += 1;
-                    counts.bytes_data += bytes.len() as u64;
-                }
-                Out::Zero { off, len } => {
-                    vw.write(RecHdr::new(Kind::Zero, 0, 0, off, len), &[]).map_err(io)?;
-                    counts.zero_records += 1;
-                    counts.bytes_zero += len;
+    // Three threads: the copier (extents, zero detection, CRC32C of each record's payload), its
+    // digest thread, and this writer thread (record framing and the write syscalls), joined by
+    // a bounded channel; the writer releases mapped pages once it has written them.
+    let (digests, stats) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Out<'_>>(64);
+        let img = &img;
+        let (counts, records) = (&mut counts, &mut records);
+        let writer = s.spawn(move || -> anyhow::Result<()> {
+            for out in rx {
+                match out {
+                    Out::Data { off, bytes, crc } => {
+                        let h = RecHdr::new(Kind::Data, 0, 0, off, bytes.len() as u64);
+                        vw.write_crc(h, &[bytes], crc).map_err(io)?;
+                        counts.data_records += 1;
+                        counts.bytes_data += bytes.len() as u64;
+                        *records += 1;
+                    }
+                    Out::Zero { off, len } => {
+                        vw.write(RecHdr::new(Kind::Zero, 0, 0, off, len), &[]).map_err(io)?;
+                        counts.zero_records += 1;
+                        counts.bytes_zero += len;
+                        *records += 1;
+                    }
+                    Out::Release { host, len } => img.release(host, len),
                 }
             }
-            records += 1;
             Ok(())
-        },
-        &|done| {
-            if let Some(b) = &bar {
-                b.set_position(done)
-            }
-        },
-    )
+        });
+        let r = copy::copy(
+            img,
+            ranges,
+            chunk,
+            base_digests.as_deref().map(|v| v.as_slice()),
+            piece,
+            &mut |out| tx.send(out).map_err(|_| anyhow::anyhow!("the archive writer thread stopped")),
+            &|done| {
+                if let Some(b) = &bar {
+                    b.set_position(done)
+                }
+            },
+        );
+        drop(tx);
+        let w = writer.join().map_err(|_| anyhow::anyhow!("archive writer thread panicked"))?;
+        // the writer's own error explains a failed send better than the send does
+        w?;
+        r
+    })
     .with_context(ctx)?;
+    let vw = &mut op.vw;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
