@@ -36,20 +36,22 @@ make_image "$W/huge.raw" 1T $((1 << 20))
 [ -f "$W/huge.qcow2" ] || qemu-img convert -f raw -O qcow2 "$W/huge.raw" "$W/huge.qcow2"
 
 # --- timing ----------------------------------------------------------------------------
-# t NAME CLEANUP CMD...: runs CMD 3 times after CLEANUP, records median wall seconds and max RSS.
-declare -A T M
+# t NAME CLEANUP CMD...: runs CMD 3 times after CLEANUP, records median wall seconds, median
+# CPU seconds (user + system, less sensitive to other load on the machine) and max RSS.
+declare -A T M C
 t() {
   local name=$1 cleanup=$2; shift 2
-  local ws=() rs=()
+  local ws=() rs=() cs=()
   for _ in 1 2 3; do
     eval "$cleanup"
     sync
-    /usr/bin/time -f "%e %M" -o "$W/time.out" "$@" >/dev/null
-    read -r w r < "$W/time.out"
-    ws+=("$w"); rs+=("$r")
+    /usr/bin/time -f "%e %M %U %S" -o "$W/time.out" "$@" >/dev/null
+    read -r w r u k < "$W/time.out"
+    ws+=("$w"); rs+=("$r"); cs+=("$(awk -v u="$u" -v k="$k" 'BEGIN { printf "%.2f", u + k }')")
   done
   T[$name]=$(printf '%s\n' "${ws[@]}" | sort -n | sed -n 2p)
   M[$name]=$(printf '%s\n' "${rs[@]}" | sort -n | tail -1)
+  C[$name]=$(printf '%s\n' "${cs[@]}" | sort -n | sed -n 2p)
 }
 warm() { cat "$@" > /dev/null; }
 
@@ -94,6 +96,14 @@ echo "| ratio | write / convert (goal <= 0.8) | write / tar (goal <= 0.35) | res
 echo "|---|---|---|---|---|---|---|"
 for f in raw qcow2; do
   echo "| $f | $(r "${T[write_$f]}" "${T[conv_$f]}") | $(r "${T[write_$f]}" "${T[tar_$f]}") | $(r "${T[restore_$f]}" "${T[conv_$f]}") | $(r "${T[write_$f]}" "${T[convs_$f]}") | $(r "${T[write_$f]}" "${T[tars_$f]}") | $(r "${T[restore_$f]}" "${T[convs_$f]}") |"
+done
+echo
+echo "CPU seconds (user + system), median of 3:"
+echo
+echo "| image | tar --sparse -cf | qemu-img convert -O raw | archive write | archive restore |"
+echo "|---|---|---|---|---|"
+for f in raw qcow2; do
+  echo "| $f | ${C[tar_$f]} | ${C[conv_$f]} | ${C[write_$f]} | ${C[restore_$f]} |"
 done
 echo
 echo "| 1 TiB sparse image, 1 GiB data | archive write | peak RSS | archive restore | peak RSS |"
