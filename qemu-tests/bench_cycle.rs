@@ -68,7 +68,11 @@ async fn bench_cycle() -> anyhow::Result<()> {
             }
         }
         let c1 = counters(&g)?;
-        if *flag == "--freeze" { during.push(rate(c0, c1)) } else { during_nofreeze.push(rate(c0, c1)) }
+        if *flag == "--freeze" {
+            during.push(rate(c0, c1))
+        } else {
+            during_nofreeze.push(rate(c0, c1))
+        }
     }
     let idle_n = idle.len();
     let med = |v: &mut Vec<f64>| {
@@ -84,8 +88,17 @@ async fn bench_cycle() -> anyhow::Result<()> {
     println!("\n| guest write rate per disk | value |\n|---|---|");
     println!("| idle (duplex, no cycle; median) | {:.0} KiB/s |", idle / 1024.0);
     println!("| idle windows | {} of {} s, alternating with the cycle windows |", idle_n, window.as_secs());
-    println!("| during back-to-back frozen cycles (median of 3 windows of {} s) | {:.0} KiB/s ({:.2}x of idle) |", window.as_secs(), during / 1024.0, during / idle.max(1.0));
-    println!("| during back-to-back crash-consistent cycles (same) | {:.0} KiB/s ({:.2}x of idle) |", during_nofreeze / 1024.0, during_nofreeze / idle.max(1.0));
+    println!(
+        "| during back-to-back frozen cycles (median of 3 windows of {} s) | {:.0} KiB/s ({:.2}x of idle) |",
+        window.as_secs(),
+        during / 1024.0,
+        during / idle.max(1.0)
+    );
+    println!(
+        "| during back-to-back crash-consistent cycles (same) | {:.0} KiB/s ({:.2}x of idle) |",
+        during_nofreeze / 1024.0,
+        during_nofreeze / idle.max(1.0)
+    );
     println!("| cycles run | {n} |");
     Ok(())
 }

@@ -136,7 +136,8 @@ struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
 impl Tmpfs {
     fn mount(size: &str) -> anyhow::Result<Tmpfs> {
         let t = tempfile::Builder::new().prefix("qsplit-full-").tempdir()?;
-        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(t.path()).status()?;
+        let st =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(t.path()).status()?;
         anyhow::ensure!(st.success(), "mount tmpfs failed (this test needs root, as CI has)");
         Ok(Tmpfs(t.path().to_path_buf(), t))
     }

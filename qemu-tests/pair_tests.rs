@@ -94,10 +94,8 @@ async fn split_holds_the_instant_and_resync_copies_only_the_delta() -> anyhow::R
     assert_eq!(status_of(&d, "p1", "vd0")?["state"], "duplex");
 
     // The event stream told subscribers about every step.
-    let evs: Vec<Value> = String::from_utf8_lossy(&d.cli(&["events", "--json"])?.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs: Vec<Value> =
+        String::from_utf8_lossy(&d.cli(&["events", "--json"])?.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let has = |kind: &str, pred: &dyn Fn(&Value) -> bool| evs.iter().any(|e| e["kind"] == kind && pred(e));
     assert!(has("state", &|e| e["from"] == "copying" && e["to"] == "duplex"), "{evs:?}");
     assert!(has("state", &|e| e["from"] == "duplex" && e["to"] == "split"));

@@ -76,7 +76,11 @@ fn restore_refused(f: &Fixture, p: &Path, set: u64, what: &str) {
     let (code, v) = qsplit_json(&["archive", "restore", s(p), s(&out), "--set", &set.to_string()]);
     assert_ne!(code, 0, "{what}: restore of set {set} succeeded: {v}");
     assert!(!out.exists(), "{what}: a refused restore left OUTPUT behind");
-    let stray: Vec<_> = std::fs::read_dir(&f.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains("qsplit-")).collect();
+    let stray: Vec<_> = std::fs::read_dir(&f.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("qsplit-"))
+        .collect();
     assert!(stray.is_empty(), "{what}: temporary files left: {stray:?}");
 }
 
@@ -148,7 +152,11 @@ fn swapped_records_are_named() {
     let d = verify_fails(&p, "swapped records");
     assert_eq!(d[0]["set"], 1);
     assert_eq!(d[0]["pos"], a.0);
-    assert!(d[0]["message"].as_str().unwrap().contains("out of place") || d[0]["message"].as_str().unwrap().contains("out of order"), "{}", d[0]);
+    assert!(
+        d[0]["message"].as_str().unwrap().contains("out of place") || d[0]["message"].as_str().unwrap().contains("out of order"),
+        "{}",
+        d[0]
+    );
     restore_refused(&f, &p, 1, "swapped records");
 }
 

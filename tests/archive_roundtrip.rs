@@ -30,7 +30,7 @@ fn raw_full_round_trip_raw_and_qcow2_output() {
     assert_eq!(w["type"], "full");
     assert_eq!(w["disk"], "disk.raw");
     let data = w["bytes_data"].as_u64().unwrap();
-    assert!((4 << 20) + 4096 <= data && data <= (4 << 20) + 8192, "{w}");
+    assert!(((4 << 20) + 4096..=(4 << 20) + 8192).contains(&data), "{w}");
     assert!(w["bytes_zero"].as_u64().unwrap() >= 2 << 20);
     assert!(w["reason"].as_str().unwrap().contains("no qsplit.since"));
     assert_eq!(w["volumes"], serde_json::json!([1]));
@@ -58,7 +58,11 @@ fn raw_full_round_trip_raw_and_qcow2_output() {
     assert!(String::from_utf8_lossy(&info.stdout).contains("\"format\": \"qcow2\""));
     assert_identical(&img, &q);
     // no temporary files left beside the outputs
-    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with('.')).collect();
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -140,7 +144,10 @@ fn mtdump_sees_one_tape_file_per_set_and_full_records() {
     assert_eq!(records, 1 + w1["records"].as_u64().unwrap() + w2["records"].as_u64().unwrap(), "{text}");
     // data records are full 64 KiB blocks: 64-byte header + 61440 bytes
     assert!(text.contains("length = 61504"), "{text}");
-    assert!(text.lines().filter_map(|l| l.split("length = ").nth(1)).all(|n| n.split(' ').next().unwrap().parse::<u32>().unwrap() <= 65536));
+    assert!(text
+        .lines()
+        .filter_map(|l| l.split("length = ").nth(1))
+        .all(|n| n.split(' ').next().unwrap().parse::<u32>().unwrap() <= 65536));
 }
 
 #[test]
@@ -162,7 +169,21 @@ fn unsupported_qcow2_features_are_refused_with_the_file_named() {
     assert_ne!(code, 0);
     assert!(e["error"].as_str().unwrap().contains("backing file"), "{e}");
     let enc = d.path().join("enc.qcow2");
-    run("qemu-img", &["create", "-q", "--object", "secret,id=s0,data=pw", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0", s(&enc), "8M"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "--object",
+            "secret,id=s0,data=pw",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0",
+            s(&enc),
+            "8M",
+        ],
+    );
     let (code, e) = qsplit_json(&["archive", "write", s(&enc), s(&tap)]);
     assert_ne!(code, 0);
     assert!(e["error"].as_str().unwrap().contains("encrypted"), "{e}");
@@ -177,4 +198,24 @@ fn unsupported_qcow2_features_are_refused_with_the_file_named() {
     let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&junk)]);
     assert_ne!(code, 0, "{e}");
     assert_eq!(std::fs::read(&junk).unwrap(), vec![7u8; 5000]);
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_archive_is_locked() {
+    use std::os::unix::io::AsRawFd;
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("l.raw");
+    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let tap = d.path().join("l.tap");
+    ok(&["archive", "write", s(&img), s(&tap)]);
+    let held = std::fs::File::open(&tap).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let before = std::fs::read(&tap).unwrap();
+    let (code, e) = qsplit_json(&["archive", "write", s(&img), s(&tap)]);
+    assert_ne!(code, 0);
+    assert!(e["error"].as_str().unwrap().contains("locked"), "{e}");
+    assert_eq!(std::fs::read(&tap).unwrap(), before);
+    drop(held);
+    assert_eq!(ok(&["archive", "write", s(&img), s(&tap)])["set"], 2);
 }

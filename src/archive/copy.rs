@@ -18,8 +18,23 @@ static ZEROS: [u8; 65536] = [0; 65536];
 
 /// What the copier hands to the archive writer, in ascending guest order.
 pub enum Out<'a> {
-    Data { off: u64, bytes: &'a [u8] },
-    Zero { off: u64, len: u64 },
+    /// Image bytes for one data record, with their CRC32C (computed by the copier, so the
+    /// checksum and the archive writes run on different threads).
+    Data {
+        off: u64,
+        bytes: &'a [u8],
+        crc: u32,
+    },
+    Zero {
+        off: u64,
+        len: u64,
+    },
+    /// The writer is done with these mapped host bytes once it has written what came before:
+    /// it should [`Image::release`] them.
+    Release {
+        host: u64,
+        len: u64,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,13 +81,13 @@ pub enum Ranges<'a> {
 
 /// Streams the image. `base` holds the base set's digests for an incremental (required with
 /// `Ranges::Dirty`). `piece` is the most data one record carries. Returns every chunk digest.
-pub fn copy(
-    img: &Image,
+pub fn copy<'i>(
+    img: &'i Image,
     ranges: Ranges<'_>,
     chunk: u64,
     base: Option<&[[u8; 32]]>,
     piece: usize,
-    emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>,
+    emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>,
     progress: &dyn Fn(u64),
 ) -> anyhow::Result<(Vec<[u8; 32]>, CopyStats)> {
     let size = img.virtual_size();
@@ -143,8 +158,8 @@ struct Emitter<'i> {
     read: u64,
 }
 
-impl Emitter<'_> {
-    fn zero(&mut self, off: u64, len: u64, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+impl<'i> Emitter<'i> {
+    fn zero(&mut self, off: u64, len: u64, emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>) -> anyhow::Result<()> {
         match &mut self.pending {
             Some((s, l)) if *s + *l == off => *l += len,
             _ => {
@@ -154,21 +169,21 @@ impl Emitter<'_> {
         }
         Ok(())
     }
-    fn flush_zero(&mut self, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn flush_zero(&mut self, emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>) -> anyhow::Result<()> {
         if let Some((off, len)) = self.pending.take() {
             emit(Out::Zero { off, len })?;
         }
         Ok(())
     }
-    fn data(&mut self, off: u64, bytes: &[u8], emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn data(&mut self, off: u64, bytes: &'i [u8], emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>) -> anyhow::Result<()> {
         self.flush_zero(emit)?;
         for (i, p) in bytes.chunks(self.piece).enumerate() {
-            emit(Out::Data { off: off + (i * self.piece) as u64, bytes: p })?;
+            emit(Out::Data { off: off + (i * self.piece) as u64, bytes: p, crc: crc32c::crc32c(p) })?;
         }
         Ok(())
     }
     /// One extent: holes become zero records only in incrementals (`holes_matter`).
-    fn extent(&mut self, x: &Extent, holes_matter: bool, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn extent(&mut self, x: &Extent, holes_matter: bool, emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>) -> anyhow::Result<()> {
         match x.seg {
             Seg::Hole if holes_matter => self.zero(x.start, x.len, emit),
             Seg::Hole => Ok(()),
@@ -201,12 +216,19 @@ impl Emitter<'_> {
                 if (bytes.len() as u64) < x.len {
                     self.zero(x.start + bytes.len() as u64, x.len - bytes.len() as u64, emit)?;
                 }
-                self.img.release(host, x.len);
-                Ok(())
+                emit(Out::Release { host, len: x.len })
             }
         }
     }
-    fn run(&mut self, base: u64, b: &[u8], s: usize, e: usize, zero: bool, emit: &mut dyn FnMut(Out<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn run(
+        &mut self,
+        base: u64,
+        b: &'i [u8],
+        s: usize,
+        e: usize,
+        zero: bool,
+        emit: &mut dyn FnMut(Out<'i>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if zero {
             self.zero(base + s as u64, (e - s) as u64, emit)
         } else {

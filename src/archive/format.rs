@@ -3,7 +3,7 @@
 //! Every qsplit record is a 64-byte little-endian header followed by a payload. The header
 //! starts with the magic `QSPTAP01` (the last two digits are the format version), carries the
 //! record kind, payload length, set number, sequence number, two kind-specific words, twelve
-//! reserved bytes, and a CRC32C covering header bytes 0..60 and the whole payload.
+//! reserved bytes, and a CRC32C covering the whole payload followed by header bytes 0..60.
 //!
 //! Pure code: byte slices in, values out. Decoding never panics and never allocates more than
 //! the input's size; every length is checked against the bytes actually present.
@@ -18,6 +18,10 @@ pub const DIGEST_BLAKE3: u8 = 1;
 pub const DEFAULT_BLOCK: u32 = 64 * 1024;
 pub const MIN_BLOCK: u32 = 16 * 1024;
 pub const MAX_BLOCK: u32 = 1024 * 1024;
+/// Largest digest chunk (4 GiB): with at most 65536 chunks, images up to 256 TiB.
+pub const MAX_CHUNK: u64 = 1 << 32;
+/// Largest virtual size qsplit archives.
+pub const MAX_IMAGE: u64 = MAX_CHUNK * 65536;
 /// Flag on the last trailer record of a set.
 pub const FLAG_LAST: u16 = 1;
 
@@ -84,16 +88,24 @@ impl RecHdr {
     }
     /// Encodes the header for `payload`, computing its CRC.
     pub fn encode(&self, payload: &[u8]) -> [u8; HDR_LEN] {
+        self.encode_with_crc(payload.len(), crc32c::crc32c(payload))
+    }
+
+    /// Encodes the header for a payload of `len` bytes whose own CRC32C is `payload_crc`
+    /// (computed elsewhere, e.g. by another thread).
+    pub fn encode_with_crc(&self, len: usize, payload_crc: u32) -> [u8; HDR_LEN] {
         let mut h = [0u8; HDR_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&(self.kind as u16).to_le_bytes());
         h[10..12].copy_from_slice(&self.flags.to_le_bytes());
-        h[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&(len as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.set.to_le_bytes());
         h[24..32].copy_from_slice(&self.seq.to_le_bytes());
         h[32..40].copy_from_slice(&self.a.to_le_bytes());
         h[40..48].copy_from_slice(&self.b.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..60]), payload);
+        // payload first, then the header: the payload's CRC can be computed by another thread
+        // before the header (which carries the sequence number) exists
+        let crc = crc32c::crc32c_append(payload_crc, &h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -106,7 +118,7 @@ impl RecHdr {
             return Err(FormatError::PayloadLen { field: h.payload_len, actual: payload.len() });
         }
         let want = u32::from_le_bytes(rec[60..64].try_into().unwrap());
-        if crc32c::crc32c_append(crc32c::crc32c(&rec[..60]), payload) != want {
+        if crc32c::crc32c_append(crc32c::crc32c(payload), &rec[..60]) != want {
             return Err(FormatError::Crc);
         }
         Ok((h, payload))
@@ -127,15 +139,7 @@ impl RecHdr {
         let u32at = |o: usize| u32::from_le_bytes(rec[o..o + 4].try_into().unwrap());
         let u64at = |o: usize| u64::from_le_bytes(rec[o..o + 8].try_into().unwrap());
         let kind = Kind::from_u16(u16at(8)).ok_or(FormatError::UnknownKind(u16at(8)))?;
-        Ok(RecHdr {
-            kind,
-            flags: u16at(10),
-            payload_len: u32at(12),
-            set: u64at(16),
-            seq: u64at(24),
-            a: u64at(32),
-            b: u64at(40),
-        })
+        Ok(RecHdr { kind, flags: u16at(10), payload_len: u32at(12), set: u64at(16), seq: u64at(24), a: u64at(32), b: u64at(40) })
     }
 }
 
@@ -144,7 +148,11 @@ impl RecHdr {
 /// so records of aligned extents stay page-aligned.
 pub fn data_per_record(block: u32) -> usize {
     let room = block as usize - HDR_LEN;
-    if block >= MIN_BLOCK { room & !4095 } else { room & !511 }
+    if block >= MIN_BLOCK {
+        room & !4095
+    } else {
+        room & !511
+    }
 }
 
 /// Digests carried by one trailer record.
@@ -349,7 +357,10 @@ impl SetHeader {
         let base_root = r.take(32, w)?.try_into().unwrap();
         let archive_id = r.take(16, w)?.try_into().unwrap();
         r.take(SET_FIXED - r.o, w)?;
-        if chunk_size < 4096 || !chunk_size.is_power_of_two() || (set_type == SetType::Incremental) != (base_set != 0) {
+        if !(4096..=MAX_CHUNK).contains(&chunk_size)
+            || !chunk_size.is_power_of_two()
+            || (set_type == SetType::Incremental) != (base_set != 0)
+        {
             return Err(FormatError::Malformed("set header (chunk size or base set)"));
         }
         Ok(SetHeader {
@@ -413,14 +424,13 @@ pub struct Trailer<'a> {
 pub fn decode_trailer(p: &[u8]) -> Result<Trailer<'_>, FormatError> {
     let w = "trailer";
     let mut r = Rd { b: p, o: 0 };
-    let counts =
-        Counts { data_records: r.u64(w)?, zero_records: r.u64(w)?, bytes_data: r.u64(w)?, bytes_zero: r.u64(w)? };
+    let counts = Counts { data_records: r.u64(w)?, zero_records: r.u64(w)?, bytes_data: r.u64(w)?, bytes_zero: r.u64(w)? };
     let n_chunks = r.u64(w)?;
     let first = r.u64(w)?;
     let n = r.u64(w)?;
     r.take(TRAILER_FIXED - r.o, w)?;
     let digests = &p[TRAILER_FIXED..];
-    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64) || first.checked_add(n).is_none_or(|e| e > n_chunks) {
+    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64) || first.checked_add(n).map_or(true, |e| e > n_chunks) {
         return Err(FormatError::Malformed("trailer (digest count)"));
     }
     Ok(Trailer { counts, n_chunks, first, digests })

@@ -6,11 +6,11 @@
 //! set-level reader), [`writer`], [`replay`] (verify and restore). The format is documented in
 //! docs/archive-format.md. Everything here is blocking; callers in async code use a thread.
 
+pub mod copy;
 pub mod format;
+pub mod scan;
 pub mod tape;
 pub mod volume;
-pub mod scan;
-pub mod copy;
 pub mod writer;
 
 pub use writer::{write_image, WriteOptions, WriteReport};

@@ -7,8 +7,9 @@
 //! re-hashed from the file and every other chunk's digest must equal the base's. By induction
 //! the file then holds exactly the image each set's digests describe.
 //!
-//! Work is split in two threads: the walker reads and CRC-checks records and hands whole
-//! record buffers (no copy) over a bounded channel to the applier, which writes and hashes.
+//! Work is split in two threads: the walker reads and CRC-checks records, hashes full sets as
+//! they stream by, and hands whole record buffers (no copy) over a bounded channel to the
+//! applier, which writes them (and re-hashes chunks an incremental touched).
 //! Memory: at most ~20 record buffers in flight, one digest list per disk being replayed.
 
 use super::copy::zero_digest;
@@ -142,16 +143,31 @@ struct Shadow {
 }
 
 enum Msg {
-    Start { set: u64, header: Box<SetHeader>, file: Option<PathBuf> },
-    Rec { kind: Kind, off: u64, len: u64, buf: Vec<u8> },
-    Done { digests: Vec<[u8; 32]>, reply: SyncSender<Result<(), String>> },
+    Start {
+        set: u64,
+        header: Box<SetHeader>,
+        file: Option<PathBuf>,
+    },
+    Rec {
+        kind: Kind,
+        off: u64,
+        len: u64,
+        buf: Vec<u8>,
+    },
+    /// End of the set: its trailer digests and, for a full set, the digests the walker
+    /// computed from the records as they streamed by.
+    Done {
+        digests: Vec<[u8; 32]>,
+        computed: Option<Vec<[u8; 32]>>,
+        reply: SyncSender<Result<(), String>>,
+    },
 }
 
 struct Current {
     set: u64,
     disk: String,
     header: Box<SetHeader>,
-    stream: Option<Stream>,
+    full: bool,
     touched: Vec<u64>,
     problem: Option<String>,
 }
@@ -161,6 +177,7 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
     let mut shadows: HashMap<String, Shadow> = HashMap::new();
     let mut cur: Option<Current> = None;
     let mut rbuf = vec![0u8; 1 << 20];
+    let mut unsynced = 0u64;
     for m in rx {
         match m {
             Msg::Start { set, header, file } => {
@@ -180,7 +197,10 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                         }
                         None => None,
                     };
-                    shadows.insert(disk.clone(), Shadow { file: f, size: header.virtual_size, chunk: header.chunk_size, digests: vec![], set: 0 });
+                    shadows.insert(
+                        disk.clone(),
+                        Shadow { file: f, size: header.virtual_size, chunk: header.chunk_size, digests: vec![], set: 0 },
+                    );
                 } else {
                     let ok = shadows.get(&disk).is_some_and(|s| {
                         s.set == header.base_set && s.size == header.virtual_size && s.chunk == header.chunk_size && s.file.is_some()
@@ -191,23 +211,27 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                         problem = Some(format!("it names a base with a different root digest than set {}", header.base_set));
                     }
                 }
-                let stream = (full && problem.is_none()).then(|| Stream::new(header.chunk_size, header.virtual_size));
                 let touched = if full || problem.is_some() { vec![] } else { vec![0u64; n.div_ceil(64) as usize] };
-                cur = Some(Current { set, disk, header, stream, touched, problem });
+                cur = Some(Current { set, disk, header, full, touched, problem });
             }
             Msg::Rec { kind, off, len, buf } => {
                 if let Some(c) = cur.as_mut().filter(|c| c.problem.is_none()) {
                     let sh = shadows.get_mut(&c.disk).expect("shadow exists for a set without problem");
                     let payload = &buf[HDR_LEN.min(buf.len())..];
-                    match (kind, &mut c.stream) {
-                        (Kind::Data, Some(s)) => {
+                    match (kind, c.full) {
+                        (Kind::Data, true) => {
                             if let Some(f) = &sh.file {
                                 f.write_all_at(payload, off)?;
+                                unsynced += payload.len() as u64;
+                                if unsynced >= 64 << 20 {
+                                    // start write-back early: the final fsync then waits less
+                                    super::volume::start_writeback(f);
+                                    unsynced = 0;
+                                }
                             }
-                            s.data(off, payload);
                         }
-                        (Kind::Zero, Some(_)) => {} // a fresh file and the stream read gaps as zeros
-                        (k, None) => {
+                        (Kind::Zero, true) => {} // a fresh file reads as zeros
+                        (k, false) => {
                             let f = sh.file.as_ref().expect("incremental shadows have a file");
                             if k == Kind::Data {
                                 f.write_all_at(payload, off)?;
@@ -226,9 +250,9 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
                 }
                 let _ = pool.try_send(buf);
             }
-            Msg::Done { digests, reply } => {
+            Msg::Done { digests, computed, reply } => {
                 let Some(mut c) = cur.take() else { continue };
-                let r = finish_set(&mut c, &mut shadows, digests, &mut rbuf);
+                let r = finish_set(&mut c, &mut shadows, digests, computed, &mut rbuf);
                 let _ = reply.send(r);
             }
         }
@@ -236,7 +260,13 @@ fn applier(rx: Receiver<Msg>, pool: SyncSender<Vec<u8>>) -> std::io::Result<()> 
     Ok(())
 }
 
-fn finish_set(c: &mut Current, shadows: &mut HashMap<String, Shadow>, digests: Vec<[u8; 32]>, rbuf: &mut [u8]) -> Result<(), String> {
+fn finish_set(
+    c: &mut Current,
+    shadows: &mut HashMap<String, Shadow>,
+    digests: Vec<[u8; 32]>,
+    computed: Option<Vec<[u8; 32]>>,
+    rbuf: &mut [u8],
+) -> Result<(), String> {
     if let Some(p) = c.problem.take() {
         if let Some(s) = shadows.get_mut(&c.disk) {
             s.set = 0;
@@ -246,8 +276,8 @@ fn finish_set(c: &mut Current, shadows: &mut HashMap<String, Shadow>, digests: V
     let sh = shadows.get_mut(&c.disk).expect("shadow");
     let n = c.header.n_chunks() as usize;
     let mut bad: Vec<usize> = Vec::new();
-    if let Some(s) = c.stream.take() {
-        let got = s.finish();
+    if c.full {
+        let got = computed.unwrap_or_default();
         bad.extend((0..n).filter(|&i| got.get(i) != digests.get(i)));
     } else {
         let f = sh.file.as_ref().expect("file");
@@ -292,13 +322,16 @@ pub struct Driver {
     /// Sets whose digests matched.
     pub verified: Vec<u64>,
     active: bool,
-    current: u64,
+    /// Chunk hasher of the current full set: the walker hashes records as they stream by (the
+    /// applier thread only writes), which balances the two threads.
+    stream: Option<Stream>,
 }
 
 impl Visitor for Driver {
     fn wants(&mut self, set: u64, h: &SetHeader) -> bool {
-        self.active = self.scope.as_ref().is_none_or(|s| s.contains(&set));
-        self.current = set;
+        self.active = self.scope.as_ref().map_or(true, |s| s.contains(&set));
+        self.stream =
+            (self.active && h.set_type == SetType::Full && h.n_chunks() <= MAX_CHUNKS).then(|| Stream::new(h.chunk_size, h.virtual_size));
         if self.active {
             let file = self.files.get(&h.disk).cloned();
             self.send(Msg::Start { set, header: Box::new(h.clone()), file });
@@ -307,8 +340,11 @@ impl Visitor for Driver {
     }
     fn record(&mut self, _set: u64, hdr: &RecHdr, rec: &mut Vec<u8>) -> Result<(), String> {
         if self.active {
+            if let (Some(s), Kind::Data) = (&mut self.stream, hdr.kind) {
+                s.data(hdr.a, &rec[HDR_LEN.min(rec.len())..]);
+            }
+            // a recycled buffer keeps its length, so the next read need not zero it
             let mut b = self.pool.try_recv().unwrap_or_default();
-            b.clear();
             std::mem::swap(rec, &mut b);
             self.send(Msg::Rec { kind: hdr.kind, off: hdr.a, len: hdr.b, buf: b });
         }
@@ -320,7 +356,8 @@ impl Visitor for Driver {
         }
         self.active = false;
         let (rtx, rrx) = sync_channel(1);
-        self.send(Msg::Done { digests: digests.to_vec(), reply: rtx });
+        let computed = self.stream.take().map(Stream::finish);
+        self.send(Msg::Done { digests: digests.to_vec(), computed, reply: rtx });
         match rrx.recv() {
             Ok(Ok(())) => {
                 self.verified.push(info.set);
@@ -349,11 +386,12 @@ pub fn with_driver<T>(
     files: HashMap<String, PathBuf>,
     walk: impl FnOnce(&mut Driver) -> T,
 ) -> std::io::Result<(T, Vec<u64>)> {
-    let (tx, rx) = sync_channel::<Msg>(16);
+    // at most ~50 record buffers exist (in flight + pooled): 3 MiB with 64 KiB blocks
+    let (tx, rx) = sync_channel::<Msg>(24);
     let (ptx, prx) = sync_channel::<Vec<u8>>(24);
     std::thread::scope(|s| {
         let h = s.spawn(move || applier(rx, ptx));
-        let mut d = Driver { tx: Some(tx), pool: prx, scope, files, verified: vec![], active: false, current: 0 };
+        let mut d = Driver { tx: Some(tx), pool: prx, scope, files, verified: vec![], active: false, stream: None };
         let r = walk(&mut d);
         let verified = std::mem::take(&mut d.verified);
         drop(d);

@@ -72,8 +72,9 @@ pub fn restore(o: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     let mut scratch = Scratch(vec![tmp.clone()]);
     std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let files = HashMap::from([(target.disk.clone(), tmp.clone())]);
-    let (walk, verified) = with_driver(Some(ch.iter().copied().collect()), files, |d| scan(FileSource { base: o.archive.clone() }, d, false))
-        .map_err(|e| anyhow!("restore to {}: {e}", tmp.display()))?;
+    let (walk, verified) =
+        with_driver(Some(ch.iter().copied().collect()), files, |d| scan(FileSource { base: o.archive.clone() }, d, false))
+            .map_err(|e| anyhow!("restore to {}: {e}", tmp.display()))?;
     let s = walk.map_err(|d| anyhow!("archive {a}: {d}"))?;
     if let Some(d) = s.damage.iter().chain(&s.stopped).find(|d| d.set.is_some_and(|x| ch.contains(&x))) {
         bail!("archive {a}: {d}; restore refused");

@@ -221,10 +221,25 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                                 digests: None,
                                 start: loc,
                             };
-                            cur = Some(Cur { info, expect: 1, next_off: 0, digests: vec![], counts: Counts::default(), trailer_done: false, read_data });
+                            cur = Some(Cur {
+                                info,
+                                expect: 1,
+                                next_off: 0,
+                                digests: vec![],
+                                counts: Counts::default(),
+                                trailer_done: false,
+                                read_data,
+                            });
                         }
                         Err(w) => {
-                            out.stopped = Some(Damage { volume: loc.volume, path: loc.path, pos: loc.pos, set: Some(last_set + 1), record: Some(0), what: w });
+                            out.stopped = Some(Damage {
+                                volume: loc.volume,
+                                path: loc.path,
+                                pos: loc.pos,
+                                set: Some(last_set + 1),
+                                record: Some(0),
+                                what: w,
+                            });
                             break;
                         }
                     }
@@ -253,7 +268,7 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                         let end = hdr.a.checked_add(hdr.b);
                         if c.trailer_done {
                             out.damage.push(dmg("data record after the trailer".into()));
-                        } else if hdr.a < c.next_off || end.is_none_or(|e| e > c.info.virtual_size) || hdr.b == 0 {
+                        } else if hdr.a < c.next_off || end.map_or(true, |e| e > c.info.virtual_size) || hdr.b == 0 {
                             out.damage.push(dmg(format!("extent {}+{} is out of order or outside the image", hdr.a, hdr.b)));
                         } else if hdr.kind == Kind::Data && len as u64 != HDR_LEN as u64 + hdr.b {
                             out.damage.push(dmg(format!("data record of {len} bytes for an extent of {}", hdr.b)));
@@ -294,7 +309,8 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                                         out.damage.push(dmg("trailer ends before every chunk digest".into()));
                                     }
                                     if counts != c.counts {
-                                        out.damage.push(dmg(format!("trailer counts {counts:?} differ from the records read {:?}", c.counts)));
+                                        out.damage
+                                            .push(dmg(format!("trailer counts {counts:?} differ from the records read {:?}", c.counts)));
                                     }
                                     c.trailer_done = true;
                                 }
@@ -328,7 +344,14 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                     break;
                 };
                 if !c.trailer_done {
-                    let d = Damage { volume: loc.volume, path: loc.path, pos: loc.pos, set: Some(c.info.set), record: Some(c.expect), what: "set ends without its trailer".into() };
+                    let d = Damage {
+                        volume: loc.volume,
+                        path: loc.path,
+                        pos: loc.pos,
+                        set: Some(c.info.set),
+                        record: Some(c.expect),
+                        what: "set ends without its trailer".into(),
+                    };
                     cur = Some(c);
                     out.stopped = Some(d);
                     break;
@@ -338,7 +361,14 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                 c.info.root_bytes = format::root_digest(&c.digests);
                 c.info.root = hex(&c.info.root_bytes);
                 if let Err(w) = v.set_done(&c.info, &c.digests) {
-                    out.damage.push(Damage { volume: loc.volume, path: loc.path.clone(), pos: c.info.start.pos, set: Some(c.info.set), record: None, what: w });
+                    out.damage.push(Damage {
+                        volume: loc.volume,
+                        path: loc.path.clone(),
+                        pos: c.info.start.pos,
+                        set: Some(c.info.set),
+                        record: None,
+                        what: w,
+                    });
                 }
                 if keep_digests {
                     for s in out.sets.iter_mut().filter(|s| s.disk == c.info.disk) {
@@ -352,16 +382,21 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
             }
             Item::End { loc, clean } => {
                 if let Some(c) = &cur {
-                    out.stopped = Some(here(&loc, &cur, format!("archive ends inside set {} (unfinished: interrupted writer or truncated file)", c.info.set)));
+                    out.stopped = Some(here(
+                        &loc,
+                        &cur,
+                        format!("archive ends inside set {} (unfinished: interrupted writer or truncated file)", c.info.set),
+                    ));
                 } else if !clean {
-                    out.stopped = Some(here(&loc, &cur, "archive ends without its end-of-data mark (interrupted writer or truncated file)".into()));
+                    out.stopped =
+                        Some(here(&loc, &cur, "archive ends without its end-of-data mark (interrupted writer or truncated file)".into()));
                 }
                 break;
             }
         }
     }
     if let Some(d) = &out.stopped {
-        let unfinished = cur.as_ref().is_none_or(|c| !c.trailer_done);
+        let unfinished = cur.as_ref().map_or(true, |c| !c.trailer_done);
         let later_volume = vr.volume_exists(d.volume + 1);
         out.tail_only = unfinished && !later_volume && !set_header_after(&d.path, d.pos);
     }

@@ -70,7 +70,7 @@ impl<W: Write> TapeWriter<W> {
     }
     /// Would a record of `len` bytes still fit (with room to close the medium)?
     pub fn fits(&self, len: usize) -> bool {
-        self.capacity.is_none_or(|c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
+        self.capacity.map_or(true, |c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
     }
 
     /// Writes one record made of `parts` (concatenated). Returns whether the medium is now in
@@ -132,10 +132,18 @@ impl<W: Write> TapeWriter<W> {
 pub enum TapeItem {
     /// A record of `len` bytes starting (at its length field) at `pos`; `read` bytes of it
     /// were copied into the caller's buffer (all of it unless the caller asked for less).
-    Record { pos: u64, len: u32, read: usize },
-    Mark { pos: u64 },
+    Record {
+        pos: u64,
+        len: u32,
+        read: usize,
+    },
+    Mark {
+        pos: u64,
+    },
     /// End-of-medium marker, or the physical end of the file exactly at a boundary.
-    End { pos: u64 },
+    End {
+        pos: u64,
+    },
 }
 
 /// Damage found by the framing layer, with the byte offset where it was found.
@@ -147,6 +155,8 @@ pub enum TapeReadError {
     InvalidLength { pos: u64, len: u32, max: u32 },
     #[error("record at byte {pos}: leading length {lead} and trailing length {trail} differ")]
     LengthMismatch { pos: u64, lead: u32, trail: u32 },
+    #[error("record at byte {pos}: its pad byte is not zero")]
+    BadPad { pos: u64 },
     #[error("I/O error at byte {pos}: {source}")]
     Io { pos: u64, source: io::Error },
 }
@@ -157,6 +167,7 @@ impl TapeReadError {
             TapeReadError::Truncated { pos }
             | TapeReadError::InvalidLength { pos, .. }
             | TapeReadError::LengthMismatch { pos, .. }
+            | TapeReadError::BadPad { pos }
             | TapeReadError::Io { pos, .. } => *pos,
         }
     }
@@ -228,12 +239,25 @@ impl<R: Read + Seek> TapeReader<R> {
         }
         let body = len as usize + (len as usize & 1);
         let take = want.min(len as usize);
-        buf.clear();
-        buf.resize(take, 0);
+        // reuse the buffer's initialised length: only a longer record zero-fills the extension
+        if buf.len() > take {
+            buf.truncate(take);
+        } else {
+            buf.resize(take, 0);
+        }
         if read_full(&mut self.inner, buf).map_err(io)? < take {
             return Err(TapeReadError::Truncated { pos });
         }
-        if body > take {
+        if take == len as usize && body > take {
+            // the whole record was read: check its pad byte too (no CRC covers it)
+            let mut pad = [0u8; 1];
+            if read_full(&mut self.inner, &mut pad).map_err(io)? < 1 {
+                return Err(TapeReadError::Truncated { pos });
+            }
+            if pad[0] != 0 {
+                return Err(TapeReadError::BadPad { pos });
+            }
+        } else if body > take {
             let end = self.inner.seek(SeekFrom::Current((body - take) as i64)).map_err(io)?;
             let file_end = self.inner.seek(SeekFrom::End(0)).map_err(io)?;
             if end > file_end {
@@ -321,6 +345,12 @@ mod tests {
         assert!(matches!(e, TapeReadError::Truncated { pos: 0 }));
         let e = TapeReader::new(Cursor::new(good.clone()), 0, 4).next(&mut buf, 100).unwrap_err();
         assert!(matches!(e, TapeReadError::InvalidLength { len: 10, .. }));
+        let mut odd = TapeWriter::new(Vec::new(), 0, None, 0);
+        odd.write_record(&[b"abc"]).unwrap();
+        let mut odd = odd.into_inner();
+        odd[7] = 1; // the pad byte
+        let e = TapeReader::new(Cursor::new(odd), 0, 100).next(&mut buf, 100).unwrap_err();
+        assert!(matches!(e, TapeReadError::BadPad { pos: 0 }));
         // partial read skips the rest and still checks the trailer
         let mut r = TapeReader::new(Cursor::new(good), 0, 100);
         assert_eq!(r.next(&mut buf, 3).unwrap(), TapeItem::Record { pos: 0, len: 10, read: 3 });

@@ -2,13 +2,13 @@
 //!
 //! `list` walks headers and trailers only (data records are skipped with seeks). `verify`
 //! walks everything: every record's CRC, the structure of every set, and every set's chunk
-//! digests, rebuilding incremental chains in a sparse scratch file beside the archive (removed
-//! afterwards). Damage is reported with volume, set, record and byte offset.
+//! digests, rebuilding incremental chains in a sparse scratch file beside the archive (or in
+//! `$TMPDIR` if the archive's directory is read-only; removed afterwards). Damage is reported with volume, set, record and byte offset.
 
+use super::format::SetType;
 use super::replay::with_driver;
 use super::scan::{scan, Damage, Headers, SetInfo};
 use super::volume::FileSource;
-use super::format::SetType;
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -28,10 +28,13 @@ pub fn list(path: &Path) -> anyhow::Result<Vec<SetInfo>> {
 pub fn chain(sets: &[SetInfo], n: u64) -> anyhow::Result<Vec<u64>> {
     let by = |k: u64| sets.iter().find(|s| s.set == k);
     let Some(mut cur) = by(n) else {
-        bail!("there is no complete set {n} (the archive has {})", match (sets.first(), sets.last()) {
-            (Some(a), Some(b)) => format!("sets {}..{}", a.set, b.set),
-            _ => "no complete set".into(),
-        });
+        bail!(
+            "there is no complete set {n} (the archive has {})",
+            match (sets.first(), sets.last()) {
+                (Some(a), Some(b)) => format!("sets {}..{}", a.set, b.set),
+                _ => "no complete set".into(),
+            }
+        );
     };
     let mut v = vec![n];
     while let Some(b) = cur.base_set {
@@ -91,13 +94,18 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
         Some(n) => Some(chain(&pre.sets, n).map_err(|e| anyhow!("archive {}: {e}", path.display()))?.into_iter().collect()),
         None => None,
     };
-    let in_scope = |s: &SetInfo| scope.as_ref().is_none_or(|sc| sc.contains(&s.set));
+    let in_scope = |s: &SetInfo| scope.as_ref().map_or(true, |sc| sc.contains(&s.set));
     let mut files = HashMap::new();
     let mut scratch = Scratch(vec![]);
     for s in pre.sets.iter().filter(|s| in_scope(s) && s.set_type == SetType::Incremental) {
         if !files.contains_key(&s.disk) {
-            let p = scratch_path(path, &format!("verify{}", files.len()));
-            std::fs::File::create(&p).map_err(|e| anyhow!("cannot create scratch file {}: {e}", p.display()))?;
+            // beside the archive (same filesystem, room for the image); else in $TMPDIR
+            let tag = format!("verify{}", files.len());
+            let mut p = scratch_path(path, &tag);
+            if std::fs::File::create(&p).is_err() {
+                p = scratch_path(&std::env::temp_dir().join(path.file_name().unwrap_or_default()), &tag);
+                std::fs::File::create(&p).map_err(|e| anyhow!("cannot create scratch file {}: {e}", p.display()))?;
+            }
             scratch.0.push(p.clone());
             files.insert(s.disk.clone(), p);
         }
@@ -109,7 +117,7 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
     let mut damage: Vec<Damage> = s.damage;
     damage.extend(s.stopped);
     // with --set, damage elsewhere is not this verification's business
-    damage.retain(|d| scope.as_ref().is_none_or(|sc| d.set.is_some_and(|x| sc.contains(&x))));
+    damage.retain(|d| scope.as_ref().map_or(true, |sc| d.set.is_some_and(|x| sc.contains(&x))));
     let sets_checked: Vec<u64> = match &scope {
         Some(sc) => {
             let mut v: Vec<u64> = sc.iter().copied().collect();

@@ -84,7 +84,10 @@ pub fn plan<'a>(
     if let Some(name) = want {
         let Some(b) = bitmaps.iter().find(|b| b.name == name) else {
             let have: Vec<&str> = bitmaps.iter().map(|b| b.name.as_str()).collect();
-            return Err(format!("the image has no persistent bitmap '{name}' (it has: {})", if have.is_empty() { "none".into() } else { have.join(", ") }));
+            return Err(format!(
+                "the image has no persistent bitmap '{name}' (it has: {})",
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            ));
         };
         if let Some(p) = &b.problem {
             return Err(format!("bitmap '{name}' cannot be used: {p}; write a full set with --full"));
@@ -93,7 +96,10 @@ pub fn plan<'a>(
             return Err(format!("the archive has no earlier set for disk '{disk}' to build on; write a full set with --full"));
         };
         if base.virtual_size != size {
-            return Err(format!("set {} of disk '{disk}' has virtual size {}, the image {}; write a full set with --full", base.set, base.virtual_size, size));
+            return Err(format!(
+                "set {} of disk '{disk}' has virtual size {}, the image {}; write a full set with --full",
+                base.set, base.virtual_size, size
+            ));
         }
         if let Some(m) = identity::parse_since(name) {
             if base.split_seq != Some(m) {
@@ -102,7 +108,10 @@ pub fn plan<'a>(
         }
         if let (Some(id), Some(bs)) = (split, base.split_seq) {
             if bs >= id.seq {
-                return Err(format!("the latest set for disk '{disk}' (set {}) is split {bs}, not older than this image's split {}", base.set, id.seq));
+                return Err(format!(
+                    "the latest set for disk '{disk}' (set {}) is split {bs}, not older than this image's split {}",
+                    base.set, id.seq
+                ));
             }
         }
         return Ok(Plan::Incremental { bitmap: b, base });
@@ -128,7 +137,12 @@ pub fn plan<'a>(
         return full_because(format!("the virtual size changed from {} (set {}) to {size}", base.virtual_size, base.set));
     }
     if base.split_seq != Some(m) {
-        return full_because(format!("bitmap {} builds on split {m}, but the latest set for disk '{disk}' (set {}) is split {}", b.name, base.set, seq_text(base.split_seq)));
+        return full_because(format!(
+            "bitmap {} builds on split {m}, but the latest set for disk '{disk}' (set {}) is split {}",
+            b.name,
+            base.set,
+            seq_text(base.split_seq)
+        ));
     }
     Ok(Plan::Incremental { bitmap: b, base })
 }
@@ -157,6 +171,19 @@ struct Opened {
     block: u32,
     sets: Vec<SetInfo>,
     cut: Option<String>,
+    /// Volume 1, locked (flock) for the whole append so two writers cannot interleave.
+    _lock: std::fs::File,
+}
+
+/// Takes the archive's writer lock (an exclusive `flock` on volume 1), or says who holds it.
+fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another qsplit is writing to this archive (it is locked); try again when it is done");
+    }
+    Ok(f)
 }
 
 fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
@@ -167,16 +194,30 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
             bail!("capacity {} is too small for {block}-byte records (at least {})", o.capacity.unwrap_or(0), volume::min_capacity(block));
         }
         let _ = std::fs::remove_file(path); // an empty file left by an earlier attempt
-        let label = Label { archive_id: random_id(), volume: 1, block_size: block, capacity: o.capacity.unwrap_or(0), continues_set: 0, continues_seq: 0, created: now() };
-        let vw = VolumeWriter::create(FileChanger { base: path.clone() }, label).with_context(|| format!("cannot create {}", path.display()))?;
-        return Ok(Opened { vw, block, sets: vec![], cut: None });
+        let label = Label {
+            archive_id: random_id(),
+            volume: 1,
+            block_size: block,
+            capacity: o.capacity.unwrap_or(0),
+            continues_set: 0,
+            continues_seq: 0,
+            created: now(),
+        };
+        let vw =
+            VolumeWriter::create(FileChanger { base: path.clone() }, label).with_context(|| format!("cannot create {}", path.display()))?;
+        let _lock = lock(path)?;
+        return Ok(Opened { vw, block, sets: vec![], cut: None, _lock });
     }
+    let _lock = lock(path)?;
     let s = scan::scan(FileSource { base: path.clone() }, &mut Headers, true).map_err(|d| anyhow::anyhow!("{d}"))?;
     if o.block_size.is_some_and(|b| b != s.label.block_size) {
         bail!("the archive was created with {}-byte records; --block-size cannot change it", s.label.block_size);
     }
     if o.capacity.is_some_and(|c| c != s.label.capacity) {
-        bail!("the archive was created with capacity {}; --capacity cannot change it", if s.label.capacity == 0 { "unlimited".into() } else { s.label.capacity.to_string() });
+        bail!(
+            "the archive was created with capacity {}; --capacity cannot change it",
+            if s.label.capacity == 0 { "unlimited".into() } else { s.label.capacity.to_string() }
+        );
     }
     let mut cut = None;
     if let Some(d) = &s.stopped {
@@ -185,19 +226,27 @@ fn open_for_append(o: &WriteOptions, block: u32) -> anyhow::Result<Opened> {
         }
         let last = (s.end.volume..).take_while(|&n| volume::volume_path(path, n).exists()).last().unwrap_or(s.end.volume);
         let len = std::fs::metadata(&s.end.path)?.len();
-        cut = Some(format!("cut an unfinished tail ({d}): {} bytes of volume {}{}", len.saturating_sub(s.end.pos), s.end.volume, if last > s.end.volume { format!(" and volumes {}..{last}", s.end.volume + 1) } else { String::new() }));
+        cut = Some(format!(
+            "cut an unfinished tail ({d}): {} bytes of volume {}{}",
+            len.saturating_sub(s.end.pos),
+            s.end.volume,
+            if last > s.end.volume { format!(" and volumes {}..{last}", s.end.volume + 1) } else { String::new() }
+        ));
         for n in (s.end.volume + 1..=last).rev() {
             std::fs::remove_file(volume::volume_path(path, n))?;
         }
     }
-    let f = std::fs::OpenOptions::new().write(true).open(&s.end.path).with_context(|| format!("cannot open {} for writing", s.end.path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.end.path)
+        .with_context(|| format!("cannot open {} for writing", s.end.path.display()))?;
     f.set_len(s.end.pos)?;
     f.sync_all()?;
     let mut f = f;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(s.end.pos))?;
     let label = Label { volume: s.end.volume, ..s.label.clone() };
-    let vw = VolumeWriter::append(FileChanger { base: path.clone() }, f, s.end.pos, label);
-    Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut })
+    let vw = VolumeWriter::append(FileChanger { base: path.clone() }, volume::SyncFile::new(f), s.end.pos, label);
+    Ok(Opened { vw, block: s.label.block_size, sets: s.sets, cut, _lock })
 }
 
 /// Appends one set made from `o.image` to `o.archive`.
@@ -211,7 +260,11 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     let ctx = || format!("archive {}", o.archive.display());
     let mut op = open_for_append(o, block).with_context(ctx)?;
     let block = op.block;
-    let split = img.bitmaps().iter().filter(|b| b.problem.is_none() || b.in_use).find_map(|b| identity::parse_id(&b.name));
+    if img.virtual_size() > format::MAX_IMAGE {
+        bail!("image {}: virtual size {} is over the archive format's limit of 256 TiB", o.image.display(), img.virtual_size());
+    }
+    // the marker's name is its content: readable even when the bitmap itself is not trusted
+    let split = img.bitmaps().iter().filter_map(|b| identity::parse_id(&b.name)).max_by_key(|id| id.seq);
     let file_name = o.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let disk = o.disk.clone().or_else(|| split.as_ref().map(|s| s.disk())).unwrap_or(file_name.clone());
     let size = img.virtual_size();
@@ -268,35 +321,55 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
     });
     let piece = format::data_per_record(block);
     let ranges = bitmap.map_or(Ranges::All, Ranges::Dirty);
-    let (digests, stats) = copy::copy(
-        &img,
-        ranges,
-        chunk,
-        base_digests.as_deref().map(|v| v.as_slice()),
-        piece,
-        &mut |out| {
-            match out {
-                Out::Data { off, bytes } => {
-                    vw.write(RecHdr::new(Kind::Data, 0, 0, off, bytes.len() as u64), &[bytes]).map_err(io)?;
-                    counts.data_records += 1;
-                    counts.bytes_data += bytes.len() as u64;
-                }
-                Out::Zero { off, len } => {
-                    vw.write(RecHdr::new(Kind::Zero, 0, 0, off, len), &[]).map_err(io)?;
-                    counts.zero_records += 1;
-                    counts.bytes_zero += len;
+    // Three threads: the copier (extents, zero detection, CRC32C of each record's payload), its
+    // digest thread, and this writer thread (record framing and the write syscalls), joined by
+    // a bounded channel; the writer releases mapped pages once it has written them.
+    let (digests, stats) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Out<'_>>(64);
+        let img = &img;
+        let (counts, records) = (&mut counts, &mut records);
+        let writer = s.spawn(move || -> anyhow::Result<()> {
+            for out in rx {
+                match out {
+                    Out::Data { off, bytes, crc } => {
+                        let h = RecHdr::new(Kind::Data, 0, 0, off, bytes.len() as u64);
+                        vw.write_crc(h, &[bytes], crc).map_err(io)?;
+                        counts.data_records += 1;
+                        counts.bytes_data += bytes.len() as u64;
+                        *records += 1;
+                    }
+                    Out::Zero { off, len } => {
+                        vw.write(RecHdr::new(Kind::Zero, 0, 0, off, len), &[]).map_err(io)?;
+                        counts.zero_records += 1;
+                        counts.bytes_zero += len;
+                        *records += 1;
+                    }
+                    Out::Release { host, len } => img.release(host, len),
                 }
             }
-            records += 1;
             Ok(())
-        },
-        &|done| {
-            if let Some(b) = &bar {
-                b.set_position(done)
-            }
-        },
-    )
+        });
+        let r = copy::copy(
+            img,
+            ranges,
+            chunk,
+            base_digests.as_deref().map(|v| v.as_slice()),
+            piece,
+            &mut |out| tx.send(out).map_err(|_| anyhow::anyhow!("the archive writer thread stopped")),
+            &|done| {
+                if let Some(b) = &bar {
+                    b.set_position(done)
+                }
+            },
+        );
+        drop(tx);
+        let w = writer.join().map_err(|_| anyhow::anyhow!("archive writer thread panicked"))?;
+        // the writer's own error explains a failed send better than the send does
+        w?;
+        r
+    })
     .with_context(ctx)?;
+    let vw = &mut op.vw;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -340,5 +413,99 @@ pub fn write_image(o: &WriteOptions) -> anyhow::Result<WriteReport> {
 impl Opened {
     fn vw_archive_id(&self) -> [u8; 16] {
         self.vw.archive_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::volume::Loc;
+
+    fn set(n: u64, split: Option<u64>, size: u64) -> SetInfo {
+        let h = SetHeader {
+            set_type: SetType::Full,
+            base_set: 0,
+            virtual_size: size,
+            chunk_size: 1 << 20,
+            cluster_size: 65536,
+            block_size: 65536,
+            split_seq: split,
+            split_time: None,
+            written: 0,
+            base_root: [0; 32],
+            archive_id: [0; 16],
+            disk: "vm/vd".into(),
+            vm: String::new(),
+            drive: String::new(),
+            label: String::new(),
+            source: String::new(),
+            bitmap: String::new(),
+            note: String::new(),
+        };
+        SetInfo {
+            set: n,
+            disk: "vm/vd".into(),
+            vm: None,
+            drive: None,
+            split_seq: split,
+            time: None,
+            set_type: SetType::Full,
+            base_set: None,
+            virtual_size: size,
+            bytes_data: 0,
+            bytes_zero: 0,
+            records: 0,
+            volumes: vec![1],
+            written: 0,
+            label: None,
+            source: String::new(),
+            bitmap: None,
+            root: String::new(),
+            header: h,
+            root_bytes: [0; 32],
+            digests: None,
+            start: Loc { volume: 1, path: "x".into(), pos: 0 },
+        }
+    }
+
+    fn reason(p: Result<Plan<'_>, String>) -> String {
+        match p {
+            Ok(Plan::Full { reason }) => reason,
+            Ok(Plan::Incremental { bitmap, base }) => format!("incremental from {} on set {}", bitmap.name, base.set),
+            Err(e) => format!("refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn automatic_plan_chains_only_onto_the_matching_split() {
+        let bms = [Bitmap::named("qsplit.since:4", None), Bitmap::named("other", None)];
+        let base = set(7, Some(4), 1 << 30);
+        let p = |l: Option<&SetInfo>, size| reason(plan(false, None, &bms, None, "vm/vd", size, l));
+        assert_eq!(p(Some(&base), 1 << 30), "incremental from qsplit.since:4 on set 7");
+        assert!(p(None, 1 << 30).contains("no earlier set"));
+        assert!(p(Some(&base), 2 << 30).contains("virtual size changed"));
+        assert!(p(Some(&set(7, Some(3), 1 << 30)), 1 << 30).contains("builds on split 4"));
+        assert!(p(Some(&set(7, None, 1 << 30)), 1 << 30).contains("not from a split"));
+        assert_eq!(reason(plan(true, None, &bms, None, "vm/vd", 1 << 30, Some(&base))), "--full was given");
+        let none: [Bitmap; 0] = [];
+        assert!(reason(plan(false, None, &none, None, "vm/vd", 1 << 30, Some(&base))).contains("no qsplit.since"));
+        let zero = [Bitmap::named("qsplit.since:0", None)];
+        assert!(reason(plan(false, None, &zero, None, "vm/vd", 1 << 30, Some(&base))).contains("since:0"));
+        let bad = [Bitmap::named("qsplit.since:4", Some("it is flagged in-use"))];
+        assert!(reason(plan(false, None, &bad, None, "vm/vd", 1 << 30, Some(&base))).contains("in-use"));
+    }
+
+    #[test]
+    fn explicit_bitmap_is_refused_unless_it_chains() {
+        let bms = [Bitmap::named("qsplit.since:4", None), Bitmap::named("mine", None)];
+        let base = set(7, Some(4), 1 << 30);
+        let p = |name, l: Option<&SetInfo>| reason(plan(false, Some(name), &bms, None, "vm/vd", 1 << 30, l));
+        assert_eq!(p("mine", Some(&base)), "incremental from mine on set 7");
+        assert!(p("nope", Some(&base)).starts_with("refused: the image has no persistent bitmap 'nope'"));
+        assert!(p("mine", None).contains("refused") && p("mine", None).contains("--full"));
+        assert!(p("qsplit.since:4", Some(&set(7, Some(2), 1 << 30))).contains("refused"));
+        let id = identity::SplitId { vm: "vm".into(), drive: "vd".into(), seq: 4, time: 0 };
+        let r = reason(plan(false, Some("mine"), &bms, Some(&id), "vm/vd", 1 << 30, Some(&base)));
+        assert!(r.contains("not older than"), "{r}");
     }
 }

@@ -237,10 +237,18 @@ pub fn start(ctx: Arc<Ctx>, cfg: &Path) -> anyhow::Result<()> {
 async fn ensure_configured(ctx: &Arc<Ctx>, c: &Config, reported: &mut std::collections::HashSet<String>) {
     for v in &c.vm {
         if ctx.vm(&v.name).is_err() {
-            let r = crate::daemon::server::dispatch(ctx, Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() }).await;
+            let r =
+                crate::daemon::server::dispatch(ctx, Request::VmAttach { name: v.name.clone(), qmp: v.qmp.clone(), qga: v.qga.clone() })
+                    .await;
             if let Err(e) = r {
                 if reported.insert(e.message.clone()) {
-                    ctx.events.note("error", &v.name, None, format!("config: cannot attach vm {}: {}", v.name, e.message), serde_json::Value::Null);
+                    ctx.events.note(
+                        "error",
+                        &v.name,
+                        None,
+                        format!("config: cannot attach vm {}: {}", v.name, e.message),
+                        serde_json::Value::Null,
+                    );
                 }
                 continue;
             }
@@ -250,10 +258,17 @@ async fn ensure_configured(ctx: &Arc<Ctx>, c: &Config, reported: &mut std::colle
         }
         for p in &v.pair {
             if ctx.store.pair(&v.name, &p.drive).is_none() {
-                let req = Request::PairCreate { vm: v.name.clone(), drive: p.drive.clone(), target: p.target.clone(), debug_target_file: None };
+                let req =
+                    Request::PairCreate { vm: v.name.clone(), drive: p.drive.clone(), target: p.target.clone(), debug_target_file: None };
                 if let Err(e) = crate::daemon::server::dispatch(ctx, req).await {
                     if reported.insert(e.message.clone()) {
-                        ctx.events.note("error", &v.name, Some(&p.drive), format!("config: cannot create pair: {}", e.message), serde_json::Value::Null);
+                        ctx.events.note(
+                            "error",
+                            &v.name,
+                            Some(&p.drive),
+                            format!("config: cannot create pair: {}", e.message),
+                            serde_json::Value::Null,
+                        );
                     }
                 }
             }

@@ -107,7 +107,10 @@ pub fn run(cmd: ArchiveCmd, json: bool) -> anyhow::Result<i32> {
             if json {
                 super::output::print_json(&sets);
             } else {
-                println!("{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  volumes", "set", "disk", "type", "base", "split", "time", "size", "data");
+                println!(
+                    "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  volumes",
+                    "set", "disk", "type", "base", "split", "time", "size", "data"
+                );
                 for s in &sets {
                     println!(
                         "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  {:?}",

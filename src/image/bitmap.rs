@@ -62,17 +62,39 @@ pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consi
             let need = bits.div_ceil(cluster_size * 8);
             if (t_size as u64) < need
                 || t_off % cluster_size != 0
-                || t_off.checked_add(t_size as u64 * 8).is_none_or(|e| e > f.len() as u64)
+                || t_off.checked_add(t_size as u64 * 8).map_or(true, |e| e > f.len() as u64)
             {
                 problem = Some("its bitmap table is inconsistent with the image".to_string());
             }
         }
-        out.push(Bitmap { name, in_use: flags & FLAG_IN_USE != 0, enabled: flags & FLAG_AUTO != 0, granularity, problem, table_offset: t_off, table_size: t_size });
+        out.push(Bitmap {
+            name,
+            in_use: flags & FLAG_IN_USE != 0,
+            enabled: flags & FLAG_AUTO != 0,
+            granularity,
+            problem,
+            table_offset: t_off,
+            table_size: t_size,
+        });
     }
     Ok(out)
 }
 
 impl Bitmap {
+    /// A bitmap value for tests of code that only looks at names and problems.
+    #[doc(hidden)]
+    pub fn named(name: &str, problem: Option<&str>) -> Bitmap {
+        Bitmap {
+            name: name.into(),
+            in_use: false,
+            enabled: true,
+            granularity: 65536,
+            problem: problem.map(Into::into),
+            table_offset: 0,
+            table_size: 0,
+        }
+    }
+
     /// Appends the dirty guest ranges within `[start, end)` (clipped to it, merged) to `out`.
     /// Only valid for a bitmap without `problem`.
     pub fn dirty(&self, f: &[u8], cluster_size: u64, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> Result<(), String> {

@@ -78,12 +78,10 @@ impl Image {
         let mut img = Image { path: path.to_path_buf(), file, map: None, kind: Kind::Raw, size: len, bitmaps: vec![] };
         if bytes.starts_with(&qcow2::MAGIC) {
             let hdr = qcow2::parse_header(bytes).map_err(e)?;
-            let l1 = (0..hdr.l1_size as usize)
-                .map(|i| qcow2::be64(bytes, hdr.l1_offset as usize + i * 8).unwrap_or(0))
-                .collect::<Vec<_>>();
+            let l1 = (0..hdr.l1_size as usize).map(|i| qcow2::be64(bytes, hdr.l1_offset as usize + i * 8).unwrap_or(0)).collect::<Vec<_>>();
             if let Some((o, l)) = hdr.bitmaps_ext {
-                img.bitmaps = bitmap::parse_directory(bytes, &bytes[o..o + l], hdr.cluster_size(), hdr.size, hdr.autoclear & 1 != 0)
-                    .map_err(e)?;
+                img.bitmaps =
+                    bitmap::parse_directory(bytes, &bytes[o..o + l], hdr.cluster_size(), hdr.size, hdr.autoclear & 1 != 0).map_err(e)?;
             }
             img.size = hdr.size;
             img.kind = Kind::Qcow2 { hdr, l1 };

@@ -17,8 +17,13 @@ pub fn qsplit() -> Command {
 /// Runs `qsplit --json ARGS...`, returning (exit code, parsed stdout).
 pub fn qsplit_json(args: &[&str]) -> (i32, Value) {
     let out = qsplit().arg("--json").args(args).output().expect("run qsplit");
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("qsplit {args:?}: stdout is not one JSON value ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "qsplit {args:?}: stdout is not one JSON value ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -38,7 +43,14 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
 /// `qemu-img compare` says the two images are identical.
 pub fn assert_identical(a: &Path, b: &Path) {
     let o = Command::new("qemu-img").arg("compare").arg(a).arg(b).output().expect("qemu-img");
-    assert!(o.status.success(), "qemu-img compare {} {}: {}{}", a.display(), b.display(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "qemu-img compare {} {}: {}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("Images are identical"));
 }
 

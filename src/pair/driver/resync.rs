@@ -43,7 +43,14 @@ pub async fn resync(ctx: &Ctx, vm: &VmRt, drives: &[String], max_pause_ms: Optio
 }
 
 /// Resyncs one pair; `recovering` continues an interrupted resync (state already `resyncing`).
-pub async fn resync_one(ctx: &Ctx, vm: &VmRt, q: &Qmp, p: &PairRecord, max_pause_ms: u64, recovering: bool) -> Result<ResyncResult, ApiError> {
+pub async fn resync_one(
+    ctx: &Ctx,
+    vm: &VmRt,
+    q: &Qmp,
+    p: &PairRecord,
+    max_pause_ms: u64,
+    recovering: bool,
+) -> Result<ResyncResult, ApiError> {
     let mut r = resync_pairs(ctx, vm, q, std::slice::from_ref(p), max_pause_ms, recovering).await?;
     Ok(r.remove(0))
 }
@@ -323,9 +330,12 @@ async fn final_rounds(q: &Qmp, name: &str, x: &mut Pending) -> Result<(), ApiErr
     let count = |b: String| {
         let p = p.clone();
         async move {
-            qemu::bitmaps(q, name, &p.node).await?.into_iter().find(|y| y.name == b).map(|y| y.count).ok_or_else(|| {
-                ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label()))
-            })
+            qemu::bitmaps(q, name, &p.node)
+                .await?
+                .into_iter()
+                .find(|y| y.name == b)
+                .map(|y| y.count)
+                .ok_or_else(|| ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label())))
         }
     };
     for _round in 0..4 {

@@ -95,7 +95,13 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
             Ok((n, t)) => {
                 crate::daemon::crash_point(ctx, "split-frozen");
                 frozen_at = Some(t);
-                ctx.events.note("freeze", &vm.name, None, format!("vm {}: froze {n} guest filesystems", vm.name), json!({"filesystems": n}));
+                ctx.events.note(
+                    "freeze",
+                    &vm.name,
+                    None,
+                    format!("vm {}: froze {n} guest filesystems", vm.name),
+                    json!({"filesystems": n}),
+                );
             }
             Err(e) => {
                 // The agent may have frozen some filesystems before failing: always thaw.
@@ -107,7 +113,10 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                 let msg = format!("vm {}: guest agent could not freeze the filesystems: {e}", vm.name);
                 if mode == Freeze::Required {
                     clear_op(ctx, &pairs);
-                    return Err(ApiError::new(ErrorKind::Agent, format!("{msg}; not split (use --no-freeze for a crash-consistent split)")));
+                    return Err(ApiError::new(
+                        ErrorKind::Agent,
+                        format!("{msg}; not split (use --no-freeze for a crash-consistent split)"),
+                    ));
                 }
                 freeze_note = Some(format!("{msg}; split crash-consistent instead"));
             }

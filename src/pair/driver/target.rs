@@ -39,7 +39,9 @@ fn qemu_img(args: &[&str]) -> Result<std::process::Output, ApiError> {
 pub enum Found {
     Missing,
     /// A qcow2 qsplit made for this disk, of the right size; `seq` from its identity marker.
-    Ours { seq: u64 },
+    Ours {
+        seq: u64,
+    },
 }
 
 /// Inspects `path` (read-only, `-U`): missing, or ours for `vm`/`drive` with `size` bytes.
