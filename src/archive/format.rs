@@ -430,7 +430,7 @@ pub fn decode_trailer(p: &[u8]) -> Result<Trailer<'_>, FormatError> {
     let n = r.u64(w)?;
     r.take(TRAILER_FIXED - r.o, w)?;
     let digests = &p[TRAILER_FIXED..];
-    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64) || first.checked_add(n).map_or(true, |e| e > n_chunks) {
+    if n.checked_mul(DIGEST_LEN as u64) != Some(digests.len() as u64) || first.checked_add(n).is_none_or(|e| e > n_chunks) {
         return Err(FormatError::Malformed("trailer (digest count)"));
     }
     Ok(Trailer { counts, n_chunks, first, digests })

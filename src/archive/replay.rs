@@ -329,7 +329,7 @@ pub struct Driver {
 
 impl Visitor for Driver {
     fn wants(&mut self, set: u64, h: &SetHeader) -> bool {
-        self.active = self.scope.as_ref().map_or(true, |s| s.contains(&set));
+        self.active = self.scope.as_ref().is_none_or(|s| s.contains(&set));
         self.stream =
             (self.active && h.set_type == SetType::Full && h.n_chunks() <= MAX_CHUNKS).then(|| Stream::new(h.chunk_size, h.virtual_size));
         if self.active {

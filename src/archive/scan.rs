@@ -268,7 +268,7 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
                         let end = hdr.a.checked_add(hdr.b);
                         if c.trailer_done {
                             out.damage.push(dmg("data record after the trailer".into()));
-                        } else if hdr.a < c.next_off || end.map_or(true, |e| e > c.info.virtual_size) || hdr.b == 0 {
+                        } else if hdr.a < c.next_off || end.is_none_or(|e| e > c.info.virtual_size) || hdr.b == 0 {
                             out.damage.push(dmg(format!("extent {}+{} is out of order or outside the image", hdr.a, hdr.b)));
                         } else if hdr.kind == Kind::Data && len as u64 != HDR_LEN as u64 + hdr.b {
                             out.damage.push(dmg(format!("data record of {len} bytes for an extent of {}", hdr.b)));
@@ -396,7 +396,7 @@ pub fn scan<S: Source>(src: S, v: &mut dyn Visitor, keep_digests: bool) -> Resul
         }
     }
     if let Some(d) = &out.stopped {
-        let unfinished = cur.as_ref().map_or(true, |c| !c.trailer_done);
+        let unfinished = cur.as_ref().is_none_or(|c| !c.trailer_done);
         let later_volume = vr.volume_exists(d.volume + 1);
         out.tail_only = unfinished && !later_volume && !set_header_after(&d.path, d.pos);
     }

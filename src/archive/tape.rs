@@ -70,7 +70,7 @@ impl<W: Write> TapeWriter<W> {
     }
     /// Would a record of `len` bytes still fit (with room to close the medium)?
     pub fn fits(&self, len: usize) -> bool {
-        self.capacity.map_or(true, |c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
+        self.capacity.is_none_or(|c| self.pos + framed_len(len) + CLOSE_RESERVE <= c)
     }
 
     /// Writes one record made of `parts` (concatenated). Returns whether the medium is now in

@@ -94,7 +94,7 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
         Some(n) => Some(chain(&pre.sets, n).map_err(|e| anyhow!("archive {}: {e}", path.display()))?.into_iter().collect()),
         None => None,
     };
-    let in_scope = |s: &SetInfo| scope.as_ref().map_or(true, |sc| sc.contains(&s.set));
+    let in_scope = |s: &SetInfo| scope.as_ref().is_none_or(|sc| sc.contains(&s.set));
     let mut files = HashMap::new();
     let mut scratch = Scratch(vec![]);
     for s in pre.sets.iter().filter(|s| in_scope(s) && s.set_type == SetType::Incremental) {
@@ -117,7 +117,7 @@ pub fn verify(path: &Path, set: Option<u64>) -> anyhow::Result<VerifyReport> {
     let mut damage: Vec<Damage> = s.damage;
     damage.extend(s.stopped);
     // with --set, damage elsewhere is not this verification's business
-    damage.retain(|d| scope.as_ref().map_or(true, |sc| d.set.is_some_and(|x| sc.contains(&x))));
+    damage.retain(|d| scope.as_ref().is_none_or(|sc| d.set.is_some_and(|x| sc.contains(&x))));
     let sets_checked: Vec<u64> = match &scope {
         Some(sc) => {
             let mut v: Vec<u64> = sc.iter().copied().collect();

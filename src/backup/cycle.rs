@@ -163,12 +163,12 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
             format!("{}: finishing an interrupted cycle (split {})", p.label(), p.split_seq),
             Value::Null,
         );
-        let r = if archived(&target.path, &p, p.split_seq) {
-            disk_result(&p, None, 0, None)
+        let r = if archived(&target.path, p, p.split_seq) {
+            disk_result(p, None, 0, None)
         } else {
             let t = Instant::now();
-            let (rep, rchar) = archive_one(vm, &p, target).await?;
-            disk_result(&p, Some(&rep), t.elapsed().as_millis() as u64, rchar)
+            let (rep, rchar) = archive_one(vm, p, target).await?;
+            disk_result(p, Some(&rep), t.elapsed().as_millis() as u64, rchar)
         };
         out.push(r);
     }

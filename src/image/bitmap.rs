@@ -62,7 +62,7 @@ pub fn parse_directory(f: &[u8], ext: &[u8], cluster_size: u64, size: u64, consi
             let need = bits.div_ceil(cluster_size * 8);
             if (t_size as u64) < need
                 || t_off % cluster_size != 0
-                || t_off.checked_add(t_size as u64 * 8).map_or(true, |e| e > f.len() as u64)
+                || t_off.checked_add(t_size as u64 * 8).is_none_or(|e| e > f.len() as u64)
             {
                 problem = Some("its bitmap table is inconsistent with the image".to_string());
             }

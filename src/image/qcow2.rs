@@ -101,7 +101,7 @@ pub fn parse_header(f: &[u8]) -> Result<Header, String> {
     if (l1_size as u64) < need {
         return Err(format!("L1 table has {l1_size} entries, {need} needed for the virtual size"));
     }
-    if l1_offset % cs != 0 || l1_offset.checked_add(l1_size as u64 * 8).map_or(true, |e| e > f.len() as u64) {
+    if l1_offset % cs != 0 || l1_offset.checked_add(l1_size as u64 * 8).is_none_or(|e| e > f.len() as u64) {
         return Err("L1 table lies outside the file".into());
     }
     // header extensions
@@ -114,7 +114,7 @@ pub fn parse_header(f: &[u8]) -> Result<Header, String> {
             break;
         }
         let data = o + 8;
-        if data.checked_add(l).map_or(true, |e| e > f.len() || e > cs as usize) {
+        if data.checked_add(l).is_none_or(|e| e > f.len() || e > cs as usize) {
             return Err("a header extension runs past the first cluster".into());
         }
         match t {
@@ -154,7 +154,7 @@ pub fn decode_l2(entry: u64, cluster_size: u64, file_len: u64) -> Result<Cluster
     if host % cluster_size != 0 {
         return Err(format!("an L2 entry points to unaligned host offset {host}"));
     }
-    if host.checked_add(cluster_size).map_or(true, |e| e > file_len.next_multiple_of(cluster_size)) {
+    if host.checked_add(cluster_size).is_none_or(|e| e > file_len.next_multiple_of(cluster_size)) {
         return Err(format!("an L2 entry points past the end of the file (host offset {host})"));
     }
     Ok(Cluster::Data(host))
