@@ -59,9 +59,34 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Formats Unix seconds as a UTC date and time, `2026-11-22 01:34:05` (proleptic Gregorian
+/// calendar; days-from-civil inverse after H. Hinnant's public-domain algorithm).
+pub fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_795_310_300), "2026-11-22 01:18:20"); // `date -u -d @1795310300`
+        assert_eq!(utc_time(-1), "1969-12-31 23:59:59");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64K").unwrap(), 65536);

@@ -108,18 +108,18 @@ pub fn run(cmd: ArchiveCmd, json: bool) -> anyhow::Result<i32> {
                 super::output::print_json(&sets);
             } else {
                 println!(
-                    "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  volumes",
+                    "{:>4}  {:<20} {:<12} {:>5} {:>6}  {:<19} {:>10} {:>10}  volumes",
                     "set", "disk", "type", "base", "split", "time", "size", "data"
                 );
                 for s in &sets {
                     println!(
-                        "{:>4}  {:<20} {:<12} {:>5} {:>11}  {:<11} {:>10} {:>10}  {:?}",
+                        "{:>4}  {:<20} {:<12} {:>5} {:>6}  {:<19} {:>10} {:>10}  {:?}",
                         s.set,
                         s.disk,
                         format!("{:?}", s.set_type).to_lowercase(),
                         s.base_set.map_or("-".into(), |b| b.to_string()),
                         s.split_seq.map_or("-".into(), |b| b.to_string()),
-                        s.time.map_or("-".into(), |t| t.to_string()),
+                        s.time.map_or("-".into(), crate::util::utc_time),
                         human_bytes(s.virtual_size),
                         human_bytes(s.bytes_data),
                         s.volumes
