@@ -199,3 +199,25 @@ target = "{t2}"
     assert_eq!(st[0]["split_seq"], 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn primary_bytes_read_sees_reads_of_the_disk_and_not_the_main_loop() -> anyhow::Result<()> {
+    harness::init();
+    let vm = VmBuilder::new("m1").disk(16 * MIB).start().await?;
+    vm.write("vd0", 0, 8 * MIB, 0x31).await?;
+    vm.qemu_io("vd0", "flush").await?;
+    // The counter counts read(2) bytes, whether the page cache served them or the disk.
+    let snap = || qsplit::qmp::peer::IoSnapshot::take(vm.pid()).unwrap();
+    let idle0 = snap();
+    for _ in 0..20 {
+        vm.monitor().execute_value("query-status", Value::Null).await?; // main-loop activity only
+    }
+    let idle1 = snap();
+    assert_eq!(idle1.data_reads_since(&idle0).0, 0, "main-loop traffic is not a disk read");
+    let r0 = snap();
+    vm.qemu_io("vd0", "read -P 0x31 0 8M").await?; // a read of the disk, as a guest would do
+    let r1 = snap();
+    let (data, total) = r1.data_reads_since(&r0);
+    assert!(data >= 8 * MIB, "an 8 MiB read of the disk must show: data {data}, rchar {total}");
+    Ok(())
+}

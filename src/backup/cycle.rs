@@ -75,29 +75,14 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
 }
 
-/// QEMU's read counters at one moment: the whole process, and its main-loop thread.
-#[derive(Clone, Copy)]
-struct Reads {
-    process: u64,
-    main_loop: u64,
+/// QEMU's read counters now (see `IoSnapshot::data_reads_since` for what counts as a read of
+/// data). With `aio=io_uring` or `native`, image reads bypass read(2) and cannot be seen here.
+fn qemu_reads(vm: &VmRt) -> Option<crate::qmp::peer::IoSnapshot> {
+    crate::qmp::peer::IoSnapshot::take(vm.connected()?.peer_pid()?).ok()
 }
 
-/// `rchar` of the QEMU process behind the VM's QMP connection, and of its main thread.
-///
-/// `rchar` counts bytes through read(2)-family calls. QEMU's main loop reads eventfds and
-/// chardev sockets all the time (a few KB/s with an idle guest), never image data: with the
-/// default `aio=threads`, image reads run on the thread pool's workers. So the bytes QEMU read
-/// of its disks in a window are the process's growth minus the main thread's growth. (With
-/// `aio=io_uring` or `native`, image reads bypass read(2) and `rchar` cannot show them.)
-fn qemu_reads(vm: &VmRt) -> Option<Reads> {
-    let pid = vm.connected()?.peer_pid()?;
-    Some(Reads { process: crate::qmp::peer::process_rchar(pid).ok()?, main_loop: crate::qmp::peer::thread_rchar(pid, pid).ok()? })
-}
-
-fn disk_reads(before: Option<Reads>, after: Option<Reads>) -> Option<(u64, u64)> {
-    let (b, a) = (before?, after?);
-    let total = a.process.saturating_sub(b.process);
-    Some((total.saturating_sub(a.main_loop.saturating_sub(b.main_loop)), total))
+fn disk_reads(before: Option<crate::qmp::peer::IoSnapshot>, after: Option<crate::qmp::peer::IoSnapshot>) -> Option<(u64, u64)> {
+    Some(after?.data_reads_since(&before?))
 }
 
 /// Archives one split image (blocking copier on a thread) and measures QEMU's reads meanwhile.

@@ -39,6 +39,51 @@ pub fn thread_rchar(pid: u32, tid: u32) -> std::io::Result<u64> {
     parse_io_field(&text, "rchar").ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
 }
 
+/// Read counters of a process and of each of its threads at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoSnapshot {
+    pub pid: u32,
+    /// `rchar` of the whole process (live threads and those that exited).
+    pub rchar: u64,
+    /// Per thread id: (`rchar`, `syscr`).
+    pub threads: std::collections::BTreeMap<u32, (u64, u64)>,
+}
+
+impl IoSnapshot {
+    pub fn take(pid: u32) -> std::io::Result<IoSnapshot> {
+        let rchar = process_rchar(pid)?;
+        let mut threads = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let Ok(text) = std::fs::read_to_string(e.path().join("io")) else { continue }; // thread just exited
+            if let (Some(r), Some(c)) = (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
+                threads.insert(tid, (r, c));
+            }
+        }
+        Ok(IoSnapshot { pid, rchar, threads })
+    }
+
+    /// Bytes a QEMU process read *of data* between `before` and `self`, and its raw `rchar`
+    /// growth. `rchar` counts every read(2)-family call; QEMU's main-loop thread (tid = pid)
+    /// reads eventfds and chardev sockets all the time and never image data (with the default
+    /// `aio=threads`, image reads run on thread-pool workers), and other threads' 8-byte reads
+    /// are event-notifier reads. So: the growth of the process, minus the main thread's growth,
+    /// minus the growth of any other thread that averaged at most 8 bytes per read. Reads by
+    /// threads that came and went inside the window (pool workers) all count as data.
+    pub fn data_reads_since(&self, before: &IoSnapshot) -> (u64, u64) {
+        let total = self.rchar.saturating_sub(before.rchar);
+        let mut noise = 0u64;
+        for (tid, (r1, c1)) in &self.threads {
+            let (r0, c0) = before.threads.get(tid).copied().unwrap_or((0, 0));
+            let (dr, dc) = (r1.saturating_sub(r0), c1.saturating_sub(c0));
+            if *tid == self.pid || (dc > 0 && dr <= 8 * dc) {
+                noise += dr;
+            }
+        }
+        (total.saturating_sub(noise), total)
+    }
+}
+
 /// The value of `name: N` in the text of a `/proc/PID/io` file.
 fn parse_io_field(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -50,6 +95,23 @@ fn parse_io_field(text: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_reads_exclude_the_main_loop_and_event_notifier_reads() {
+        let snap = |rchar, t: &[(u32, u64, u64)]| IoSnapshot { pid: 10, rchar, threads: t.iter().map(|&(i, r, c)| (i, (r, c))).collect() };
+        let before = snap(1000, &[(10, 500, 50), (11, 100, 10), (12, 0, 0)]);
+        // Main loop +4000, thread 11 +24 in 3 reads (eventfd), thread 12 +8192 in 2 reads (data),
+        // and a worker that came and went read 4096 (only in the process total).
+        let after = snap(1000 + 4000 + 24 + 8192 + 4096, &[(10, 4500, 450), (11, 124, 13), (12, 8192, 2)]);
+        assert_eq!(after.data_reads_since(&before), (8192 + 4096, 4000 + 24 + 8192 + 4096));
+        assert_eq!(before.data_reads_since(&before), (0, 0));
+    }
+
+    #[test]
+    fn snapshot_of_this_process() {
+        let s = IoSnapshot::take(std::process::id()).unwrap();
+        assert!(s.threads.contains_key(&std::process::id()));
+    }
 
     #[test]
     fn parses_proc_io() {
