@@ -43,15 +43,20 @@ pub fn thread_rchar(pid: u32, tid: u32) -> std::io::Result<u64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IoSnapshot {
     pub pid: u32,
-    /// `rchar` of the whole process (live threads and those that exited).
+    /// `rchar` and `syscr` of the whole process (live threads and those that exited).
     pub rchar: u64,
+    pub syscr: u64,
     /// Per thread id: (`rchar`, `syscr`).
     pub threads: std::collections::BTreeMap<u32, (u64, u64)>,
 }
 
 impl IoSnapshot {
     pub fn take(pid: u32) -> std::io::Result<IoSnapshot> {
-        let rchar = process_rchar(pid)?;
+        let path = format!("/proc/{pid}/io");
+        let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"));
+        let rchar = parse_io_field(&text, "rchar").ok_or_else(bad)?;
+        let syscr = parse_io_field(&text, "syscr").ok_or_else(bad)?;
         let mut threads = std::collections::BTreeMap::new();
         for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
             let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
@@ -60,7 +65,7 @@ impl IoSnapshot {
                 threads.insert(tid, (r, c));
             }
         }
-        Ok(IoSnapshot { pid, rchar, threads })
+        Ok(IoSnapshot { pid, rchar, syscr, threads })
     }
 
     /// Bytes a QEMU process read *of data* between `before` and `self`, and its raw `rchar`
@@ -68,17 +73,25 @@ impl IoSnapshot {
     /// reads eventfds and chardev sockets all the time and never image data (with the default
     /// `aio=threads`, image reads run on thread-pool workers), and other threads' 8-byte reads
     /// are event-notifier reads. So: the growth of the process, minus the main thread's growth,
-    /// minus the growth of any other thread that averaged at most 8 bytes per read. Reads by
-    /// threads that came and went inside the window (pool workers) all count as data.
+    /// minus the growth of any other thread that averaged at most 8 bytes per read. Threads that
+    /// came and went inside the window (pool workers) are seen only in the process totals: what
+    /// they read counts as data unless it too averaged at most 8 bytes per read.
     pub fn data_reads_since(&self, before: &IoSnapshot) -> (u64, u64) {
         let total = self.rchar.saturating_sub(before.rchar);
-        let mut noise = 0u64;
+        let calls = self.syscr.saturating_sub(before.syscr);
+        let (mut noise, mut live_r, mut live_c) = (0u64, 0u64, 0u64);
         for (tid, (r1, c1)) in &self.threads {
             let (r0, c0) = before.threads.get(tid).copied().unwrap_or((0, 0));
             let (dr, dc) = (r1.saturating_sub(r0), c1.saturating_sub(c0));
+            live_r += dr;
+            live_c += dc;
             if *tid == self.pid || (dc > 0 && dr <= 8 * dc) {
                 noise += dr;
             }
+        }
+        let (gone_r, gone_c) = (total.saturating_sub(live_r), calls.saturating_sub(live_c));
+        if gone_c > 0 && gone_r <= 8 * gone_c {
+            noise += gone_r;
         }
         (total.saturating_sub(noise), total)
     }
@@ -98,13 +111,21 @@ mod tests {
 
     #[test]
     fn data_reads_exclude_the_main_loop_and_event_notifier_reads() {
-        let snap = |rchar, t: &[(u32, u64, u64)]| IoSnapshot { pid: 10, rchar, threads: t.iter().map(|&(i, r, c)| (i, (r, c))).collect() };
-        let before = snap(1000, &[(10, 500, 50), (11, 100, 10), (12, 0, 0)]);
-        // Main loop +4000, thread 11 +24 in 3 reads (eventfd), thread 12 +8192 in 2 reads (data),
-        // and a worker that came and went read 4096 (only in the process total).
-        let after = snap(1000 + 4000 + 24 + 8192 + 4096, &[(10, 4500, 450), (11, 124, 13), (12, 8192, 2)]);
+        let snap = |rchar, syscr, t: &[(u32, u64, u64)]| IoSnapshot {
+            pid: 10,
+            rchar,
+            syscr,
+            threads: t.iter().map(|&(i, r, c)| (i, (r, c))).collect(),
+        };
+        let before = snap(1000, 100, &[(10, 500, 50), (11, 100, 10), (12, 0, 0)]);
+        // Main loop +4000 in 400 reads, thread 11 +24 in 3 reads (eventfd), thread 12 +8192 in
+        // 2 reads (data), and a worker that came and went read 4096 in 1 read (process totals only).
+        let after = snap(1000 + 4000 + 24 + 8192 + 4096, 100 + 400 + 3 + 2 + 1, &[(10, 4500, 450), (11, 124, 13), (12, 8192, 2)]);
         assert_eq!(after.data_reads_since(&before), (8192 + 4096, 4000 + 24 + 8192 + 4096));
         assert_eq!(before.data_reads_since(&before), (0, 0));
+        // A thread that came and went after one 8-byte eventfd read is not a read of data.
+        let after = snap(1000 + 8, 100 + 1, &[(10, 500, 50), (11, 100, 10), (12, 0, 0)]);
+        assert_eq!(after.data_reads_since(&before), (0, 8));
     }
 
     #[test]
