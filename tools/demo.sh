@@ -79,6 +79,8 @@ for i, c in enumerate(["c1", "c2"]):
     for d in r["disks"]:
         print("  %s: set %d %-11s archived %s of a 256 MiB disk, resync copied %s"
               % (d["drive"], d["archive_set"], d["type"], mib(d["bytes_archived"]), mib(d["resync_bytes"])))
+print("  (an incremental holds the clusters the guest changed between the two splits; the full")
+print("   set holds what the guest had written when the first split was taken)")
 size = sum(os.path.getsize(p) for p in [a] + [os.path.join(os.path.dirname(a), f) for f in os.listdir(os.path.dirname(a)) if f.startswith("demo.") and f.endswith(".tap") and f != "demo.tap"])
 print("archive: %s on disk" % mib(size))
 for c in checks: print("restore check " + c)
