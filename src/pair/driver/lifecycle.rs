@@ -96,10 +96,16 @@ pub async fn start(q: &crate::qmp::Qmp, rec: &PairRecord) -> Result<(), ApiError
 pub async fn delete(ctx: &Ctx, vm: &VmRt, p: &PairRecord) -> Result<(), ApiError> {
     crate::pair::state::step(p.state, &Input::Delete).map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
     ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Delete)).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    if let Ok(q) = vm.qmp() {
-        stop_everything(&q, p).await?;
-    } else if p.state != State::Suspended {
-        return Err(vm.qmp().err().unwrap());
+    let stopped = match vm.qmp() {
+        Ok(q) => stop_everything(&q, p).await,
+        // Without QEMU there is nothing to stop for a split (closed) or suspended pair; a
+        // running mirror must be stopped first.
+        Err(_) if matches!(p.state, State::Suspended | State::Split) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stopped {
+        let _ = ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None);
+        return Err(e);
     }
     ctx.apply(&p.vm, &p.drive, &Input::Delete)?;
     Ok(())

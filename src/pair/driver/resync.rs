@@ -85,13 +85,23 @@ pub async fn resync_pairs(
     }
     if !pending.is_empty() {
         let nodes: Vec<String> = pending.iter().flat_map(|x| [x.p.node.clone(), x.p.target_node()]).collect();
-        let stopped = pause::stop(ctx, q, &vm.name, &nodes).await?;
-        crate::daemon::crash_point(ctx, "resync-paused");
         let mut outcomes = vec![];
-        for pend in &mut pending {
-            outcomes.push(final_rounds(q, &vm.name, pend).await);
+        let mut pause_ms = 0.0;
+        match pause::stop(ctx, q, &vm.name, &nodes).await {
+            Ok(stopped) => {
+                crate::daemon::crash_point(ctx, "resync-paused");
+                for pend in &mut pending {
+                    outcomes.push(final_rounds(q, &vm.name, pend).await);
+                }
+                match pause::resume(ctx, q, &vm.name, stopped).await {
+                    Ok(ms) => pause_ms = ms,
+                    // The pairs are done either way; the VM's resume is retried by housekeeping
+                    // (the guard stays recorded) and the caller hears about it.
+                    Err(e) => failed.push(ApiError::new(e.kind, format!("vm {}: could not resume the VM after resync: {}", vm.name, e.message))),
+                }
+            }
+            Err(e) => outcomes.extend(pending.iter().map(|_| Err(e.clone()))),
         }
-        let pause_ms = pause::resume(ctx, q, &vm.name, stopped).await?;
         for (pend, o) in pending.into_iter().zip(outcomes) {
             match o {
                 Ok(()) => {

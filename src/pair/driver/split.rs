@@ -54,13 +54,6 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
     }
     let mode = freeze_mode(vm, freeze)?;
     let q = vm.qmp()?;
-    let seq = pairs.iter().map(|p| p.split_seq).max().unwrap_or(0) + 1;
-    let time = now_secs();
-    ctx.save(|s| {
-        for r in s.pairs.iter_mut().filter(|r| pairs.iter().any(|p| p.id == r.id)) {
-            r.op = Some(Op::Split { seq, time });
-        }
-    })?;
     // A leftover split bitmap (from an aborted split) would make the new one fail to add.
     for p in &pairs {
         for b in qemu::bitmaps(&q, &vm.name, &p.node).await? {
@@ -69,6 +62,13 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
             }
         }
     }
+    let seq = pairs.iter().map(|p| p.split_seq).max().unwrap_or(0) + 1;
+    let time = now_secs();
+    ctx.save(|s| {
+        for r in s.pairs.iter_mut().filter(|r| pairs.iter().any(|p| p.id == r.id)) {
+            r.op = Some(Op::Split { seq, time });
+        }
+    })?;
 
     // Freeze (guard recorded before, cleared after thaw).
     let mut freeze_ms = None;
@@ -77,7 +77,10 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
     let mut session = None;
     if mode != Freeze::No {
         let qga = vm.qga.clone().expect("freeze mode implies an agent");
-        ctx.save(|s| s.frozen.insert(vm.name.clone()))?;
+        if let Err(e) = ctx.save(|s| s.frozen.insert(vm.name.clone())) {
+            clear_op(ctx, &pairs);
+            return Err(e);
+        }
         // Connect and synchronise first: the frozen window then holds one round trip each for
         // the freeze and the thaw, nothing else.
         let mut sent = false;
