@@ -97,7 +97,9 @@ pub async fn resync_pairs(
                     Ok(ms) => pause_ms = ms,
                     // The pairs are done either way; the VM's resume is retried by housekeeping
                     // (the guard stays recorded) and the caller hears about it.
-                    Err(e) => failed.push(ApiError::new(e.kind, format!("vm {}: could not resume the VM after resync: {}", vm.name, e.message))),
+                    Err(e) => {
+                        failed.push(ApiError::new(e.kind, format!("vm {}: could not resume the VM after resync: {}", vm.name, e.message)))
+                    }
                 }
             }
             Err(e) => outcomes.extend(pending.iter().map(|_| Err(e.clone()))),
