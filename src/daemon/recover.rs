@@ -20,6 +20,8 @@ use serde_json::json;
 
 pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
     guards(ctx, vm, q).await;
+    // Interrupted resyncs are continued together at the end (one VM stop for all of them).
+    let mut resyncs = vec![];
     for p in ctx.store.pairs_of(&vm.name) {
         let res: Result<(), crate::api::ApiError> = async {
             let job = qemu::job(q, &vm.name, &p.mirror_job()).await?;
@@ -76,8 +78,7 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                 }
                 (Some(Op::Resync), _) => {
                     note(ctx, &p.vm, &p.drive, "continuing a resync that was interrupted");
-                    let p2 = ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone());
-                    resync::resync_one(ctx, vm, q, &p2, resync::DEFAULT_MAX_PAUSE_MS, true).await?;
+                    resyncs.push(p.clone());
                 }
                 (Some(Op::Delete), _) => {
                     lifecycle::stop_everything(q, &p).await?;
@@ -105,9 +106,7 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                         note(ctx, &p.vm, &p.drive, "closed the split secondary that was left open");
                     }
                 }
-                (None, State::Resyncing) => {
-                    resync::resync_one(ctx, vm, q, &p, resync::DEFAULT_MAX_PAUSE_MS, true).await?;
-                }
+                (None, State::Resyncing) => resyncs.push(p.clone()),
                 (None, State::Suspended | State::Simplex) => {}
             }
             Ok(())
@@ -123,6 +122,10 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                 ),
             );
         }
+    }
+    if !resyncs.is_empty() {
+        // Failures suspend the pair with the reason (inside resync_pairs).
+        let _ = resync::resync_pairs(ctx, vm, q, &resyncs, resync::DEFAULT_MAX_PAUSE_MS, true).await;
     }
 }
 

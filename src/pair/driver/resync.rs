@@ -42,20 +42,8 @@ pub async fn resync(ctx: &Ctx, vm: &VmRt, drives: &[String], max_pause_ms: Optio
     resync_pairs(ctx, vm, &q, &pairs, max_pause_ms.unwrap_or(DEFAULT_MAX_PAUSE_MS), false).await
 }
 
-/// Resyncs one pair; `recovering` continues an interrupted resync (state already `resyncing`).
-pub async fn resync_one(
-    ctx: &Ctx,
-    vm: &VmRt,
-    q: &Qmp,
-    p: &PairRecord,
-    max_pause_ms: u64,
-    recovering: bool,
-) -> Result<ResyncResult, ApiError> {
-    let mut r = resync_pairs(ctx, vm, q, std::slice::from_ref(p), max_pause_ms, recovering).await?;
-    Ok(r.remove(0))
-}
-
-/// Resyncs pairs of one VM with a single final stop. Every pair ends `duplex` or `suspended`
+/// Resyncs pairs of one VM with a single final stop; `recovering` continues interrupted
+/// resyncs (their state is already `resyncing`). Every pair ends `duplex` or `suspended`
 /// (with the reason); if any failed, the error names them after the others finished.
 pub async fn resync_pairs(
     ctx: &Ctx,
