@@ -213,3 +213,29 @@ async fn qemu_restarted_or_secondary_replaced_after_split_means_a_full_resync_th
     let _ = sp;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_duplex_pair_whose_qemu_died_resyncs_fully_onto_its_own_secondary() -> anyhow::Result<()> {
+    harness::init();
+    let size = 16 * MIB;
+    let mut vm = VmBuilder::new("f7").disk(size).start().await?;
+    let d = Daemon::start()?;
+    attach_and_pair(&d, &vm, &["vd0"])?;
+    vm.write("vd0", 0, MIB, 0x71).await?;
+    vm.qemu_io("vd0", "flush").await?;
+    // QEMU dies while the pair mirrors (the secondary is never closed cleanly) and comes back.
+    vm.restart().await?;
+    d.cli_json(&["pair", "wait", "f7", "--state", "suspended", "--timeout", "20"])?;
+    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "daemon reconnected", || {
+        d.cli_json(&["vm", "list"]).map(|v| v[0]["connected"] == true && v[0]["pid"] == vm.pid()).unwrap_or(false)
+    });
+    // The secondary is still recognisably this disk's: the resync copies everything onto it.
+    let r = d.cli_json(&["pair", "resync", "f7"])?;
+    assert_eq!(r["full"], true, "{r}");
+    assert_eq!(status_of(&d, "f7", "vd0")?["state"], "duplex");
+    vm.write("vd0", 4 * MIB, MIB, 0x72).await?;
+    let sp = d.cli_json(&["pair", "split", "f7", "--no-freeze"])?;
+    vm.qemu_io("vd0", "flush").await?;
+    assert!(img::identical(std::path::Path::new(sp["images"][0].as_str().unwrap()), &vm.disk("vd0").path)?);
+    Ok(())
+}

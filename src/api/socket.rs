@@ -22,9 +22,12 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // SAFETY-free: umask is process-wide; the daemon binds once at start-up before other threads create files.
+    // SAFETY: umask(2) takes and returns a plain mode, no memory is involved. It is
+    // process-wide: the daemon binds once at start-up, before any other thread creates files,
+    // so the socket is never visible with wider permissions than 0600.
     let old = unsafe { libc::umask(0o177) };
     let res = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old) };
     let l = res.with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

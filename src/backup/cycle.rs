@@ -140,6 +140,7 @@ fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, read
 async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Result<Vec<DiskResult>, ApiError> {
     let left: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Split).collect();
     let mut out = vec![];
+    let mut archive_err: Option<ApiError> = None;
     for p in &left {
         ctx.events.note(
             "backup",
@@ -152,8 +153,15 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
             disk_result(p, None, 0, None)
         } else {
             let t = Instant::now();
-            let (rep, rchar) = archive_one(vm, p, target).await?;
-            disk_result(p, Some(&rep), t.elapsed().as_millis() as u64, rchar)
+            match archive_one(vm, p, target).await {
+                Ok((rep, rchar)) => disk_result(p, Some(&rep), t.elapsed().as_millis() as u64, rchar),
+                Err(e) => {
+                    // Resync anyway: the pairs must not stay unmirrored because an archive failed.
+                    ctx.events.note("error", &vm.name, Some(&p.drive), e.message.clone(), Value::Null);
+                    archive_err.get_or_insert(e);
+                    disk_result(p, None, 0, None)
+                }
+            }
         };
         out.push(r);
     }
@@ -166,6 +174,15 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
                 r.resync_full = rs.full;
             }
         }
+    }
+    if let Some(e) = archive_err {
+        return Err(ApiError::new(
+            e.kind,
+            format!(
+                "{}; the pairs were resynced and are duplex again; no new split was taken; run `qsplit backup {}` again",
+                e.message, vm.name
+            ),
+        ));
     }
     Ok(out)
 }

@@ -35,36 +35,58 @@ pub async fn run(ctx: &Ctx, vm: &VmRt, hooks: &Hooks, phase: Phase) -> Result<()
     };
     let Some(cmd) = cmd else { return Ok(()) };
     let timeout = hooks.timeout.unwrap_or(Duration::from_secs(60));
+    // Own process group, so a timeout kills the hook's children too; stdout is not kept (a
+    // chatty hook must not block on a full pipe); stderr is read while the hook runs.
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .env("QSPLIT_VM", &vm.name)
         .env("QSPLIT_PHASE", phase.name())
+        .process_group(0)
         .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("vm {}: cannot run {} hook `{cmd}`: {e}", vm.name, phase.name())))?;
-    let out = tokio::time::timeout(timeout, async {
-        let mut buf = String::new();
-        if let Some(mut e) = child.stderr.take() {
+    let pgid = child.id();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = child.stderr.take().map(|mut e| {
+        let buf = stderr.clone();
+        tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
-            let _ = e.read_to_string(&mut buf).await;
-        }
-        (child.wait().await, buf)
-    })
-    .await;
-    let msg = match out {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = e.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                let mut b = buf.lock().unwrap();
+                if b.len() < 64 * 1024 {
+                    b.extend_from_slice(&chunk[..n]);
+                }
+            }
+        })
+    });
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    if let (Err(_), Some(pgid)) = (&waited, pgid) {
+        // Timed out: the hook and whatever it started in its process group are killed.
+        let _ = std::process::Command::new("kill").arg("-KILL").arg("--").arg(format!("-{pgid}")).status();
+    }
+    if let Some(r) = reader {
+        let _ = tokio::time::timeout(Duration::from_millis(200), r).await;
+    }
+    let err_text = String::from_utf8_lossy(&stderr.lock().unwrap()).trim().replace('\n', " ");
+    let msg = match waited {
         Err(_) => {
-            let _ = child.kill().await;
+            let _ = child.wait().await;
             format!("vm {}: {} hook `{cmd}` did not finish within {timeout:?}; it was killed", vm.name, phase.name())
         }
-        Ok((Ok(st), _)) if st.success() => {
+        Ok(Ok(st)) if st.success() => {
             ctx.events.note("backup", &vm.name, None, format!("vm {}: {} hook ok", vm.name, phase.name()), serde_json::Value::Null);
             return Ok(());
         }
-        Ok((Ok(st), err)) => format!("vm {}: {} hook `{cmd}` failed ({st}): {}", vm.name, phase.name(), err.trim()),
-        Ok((Err(e), _)) => format!("vm {}: {} hook `{cmd}`: {e}", vm.name, phase.name()),
+        Ok(Ok(st)) => format!("vm {}: {} hook `{cmd}` failed ({st}): {err_text}", vm.name, phase.name()),
+        Ok(Err(e)) => format!("vm {}: {} hook `{cmd}`: {e}", vm.name, phase.name()),
     };
     let extra = match phase {
         Phase::PreSplit => "; the cycle was not started, nothing changed",

@@ -37,6 +37,8 @@ pub struct VmRt {
     /// Whether this QEMU has a bitmap-seeded mirror (asked once per connection: the schema is
     /// a 200 KB reply).
     pub seeded_mirror: Mutex<Option<bool>>,
+    /// A thaw failed after a split: housekeeping retries it without waiting for the VM's token.
+    pub thaw_owed: std::sync::atomic::AtomicBool,
     /// The VM's operation token: held for the whole of an operation on its pairs.
     pub op: tokio::sync::Mutex<()>,
     /// Notified when the VM is detached (ends its connection task).
@@ -53,6 +55,7 @@ impl VmRt {
             conn: Mutex::new(None),
             last_error: Mutex::new(None),
             seeded_mirror: Mutex::new(None),
+            thaw_owed: std::sync::atomic::AtomicBool::new(false),
             op: tokio::sync::Mutex::new(()),
             detached: tokio::sync::Notify::new(),
         }

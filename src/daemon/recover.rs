@@ -52,7 +52,7 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                         }
                         ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
                         note(ctx, &p.vm, &p.drive, &format!("split {seq} was interrupted before it took effect; the pair stays duplex"));
-                    } else if has_bitmap && !running {
+                    } else if has_bitmap && !running && job.as_ref().is_some_and(|j| j.error.is_none()) {
                         qemu::dismiss(q, &vm.name, &p.mirror_job()).await?;
                         target::mark(q, &p, seq, time).await?;
                         target::close(q, &p).await?;
@@ -76,7 +76,13 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
                         );
                     }
                 }
-                (Some(Op::Resync), _) => {
+                (Some(Op::Resync { .. }), _) | (None, State::Resyncing) if ready && !has_split_bitmaps(q, &vm.name, &p.node).await? => {
+                    // The crash came after the mirror was back and the last bitmap removed.
+                    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = None).ok();
+                    ctx.apply(&p.vm, &p.drive, &Input::ResyncDone)?;
+                    note(ctx, &p.vm, &p.drive, "a resync interrupted after it had finished: duplex");
+                }
+                (Some(Op::Resync { .. }), _) => {
                     note(ctx, &p.vm, &p.drive, "continuing a resync that was interrupted");
                     resyncs.push(p.clone());
                 }
@@ -127,6 +133,10 @@ pub async fn reconcile(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
         // Failures suspend the pair with the reason (inside resync_pairs).
         let _ = resync::resync_pairs(ctx, vm, q, &resyncs, resync::DEFAULT_MAX_PAUSE_MS, true).await;
     }
+}
+
+async fn has_split_bitmaps(q: &Qmp, vm: &str, node: &str) -> Result<bool, crate::api::ApiError> {
+    Ok(qemu::bitmaps(q, vm, node).await?.iter().any(|b| b.name == SPLIT_BITMAP || b.name.starts_with("qsplit.pass")))
 }
 
 fn note(ctx: &Ctx, vm: &str, drive: &str, msg: &str) {

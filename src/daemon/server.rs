@@ -124,6 +124,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Value, ApiError> {
         Request::VmAttach { name, qmp, qga } => attach(ctx, name, &qmp, qga.as_deref()).await,
         Request::VmDetach { name } => {
             let rt = ctx.vm(&name)?;
+            let _op = rt.op.lock().await; // not while a pair is being created
             let n = ctx.store.pairs_of(&name).len();
             if n > 0 {
                 return Err(ApiError::state(format!("vm {name} still has {n} pair(s); delete them first (`qsplit pair delete {name}`)")));

@@ -37,8 +37,16 @@ pub struct VmRecord {
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Op {
     Create,
-    Split { seq: u64, time: u64 },
-    Resync,
+    Split {
+        seq: u64,
+        time: u64,
+    },
+    /// `full`: this resync copies everything (recorded before QEMU is touched, so a resync
+    /// continued after a crash copies everything too).
+    Resync {
+        #[serde(default)]
+        full: bool,
+    },
     Delete,
 }
 

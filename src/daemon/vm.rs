@@ -40,6 +40,8 @@ pub async fn run(ctx: Arc<Ctx>, vm: Arc<VmRt>, mut first: Option<Qmp>) {
         announced_failure = false;
         vm.set_error(None);
         let events = q.events();
+        // The token first: no request runs on this connection before recovery did.
+        let op = vm.op.lock().await;
         vm.set_conn(Some(q.clone()));
         ctx.events.note(
             "vm",
@@ -48,10 +50,8 @@ pub async fn run(ctx: Arc<Ctx>, vm: Arc<VmRt>, mut first: Option<Qmp>) {
             format!("vm {}: connected to QEMU (pid {})", vm.name, q.peer_pid().map(|p| p.to_string()).unwrap_or("?".into())),
             serde_json::Value::Null,
         );
-        {
-            let _op = vm.op.lock().await;
-            recover::reconcile(&ctx, &vm, &q).await;
-        }
+        recover::reconcile(&ctx, &vm, &q).await;
+        drop(op);
         let detached = tokio::select! {
             _ = watch(&ctx, &vm, &q, events) => false,
             _ = vm.detached.notified() => true,
@@ -121,6 +121,23 @@ async fn housekeeping(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, milestones: &mut 
     if owed {
         if let Ok(_op) = vm.op.try_lock() {
             recover::guards(ctx, vm, q).await;
+            vm.thaw_owed.store(false, std::sync::atomic::Ordering::SeqCst);
+        } else if vm.thaw_owed.load(std::sync::atomic::Ordering::SeqCst) {
+            // A split's thaw failed and its operation (a backup cycle) still runs: nothing else
+            // uses the agent in the meantime, so thaw without the token.
+            if let Some(qga) = &vm.qga {
+                if let Ok(n) = qga.fsfreeze_thaw(Duration::from_secs(10)).await {
+                    vm.thaw_owed.store(false, std::sync::atomic::Ordering::SeqCst);
+                    let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                    ctx.events.note(
+                        "recovery",
+                        &vm.name,
+                        None,
+                        format!("vm {}: thawed {n} guest filesystems after a failed thaw", vm.name),
+                        serde_json::Value::Null,
+                    );
+                }
+            }
         }
     }
 }

@@ -51,15 +51,34 @@ pub struct IoSnapshot {
 }
 
 impl IoSnapshot {
+    /// Reads the process's counters and every thread's. The main thread is read before and
+    /// after the process file (retried until it did not move), so a main-loop read landing in
+    /// between is not mistaken for a read by a thread that exited.
     pub fn take(pid: u32) -> std::io::Result<IoSnapshot> {
+        for _ in 0..20 {
+            let before = thread_io(pid, pid)?;
+            let snap = IoSnapshot::take_once(pid)?;
+            if snap.threads.get(&pid) == Some(&before) {
+                return Ok(snap);
+            }
+        }
+        IoSnapshot::take_once(pid)
+    }
+
+    fn take_once(pid: u32) -> std::io::Result<IoSnapshot> {
         let path = format!("/proc/{pid}/io");
         let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
         let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"));
         let rchar = parse_io_field(&text, "rchar").ok_or_else(bad)?;
         let syscr = parse_io_field(&text, "syscr").ok_or_else(bad)?;
         let mut threads = std::collections::BTreeMap::new();
+        // The main thread first, right after the process file.
+        threads.insert(pid, thread_io(pid, pid)?);
         for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
             let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            if tid == pid {
+                continue;
+            }
             let Ok(text) = std::fs::read_to_string(e.path().join("io")) else { continue }; // thread just exited
             if let (Some(r), Some(c)) = (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
                 threads.insert(tid, (r, c));
@@ -94,6 +113,16 @@ impl IoSnapshot {
             noise += gone_r;
         }
         (total.saturating_sub(noise), total)
+    }
+}
+
+/// (`rchar`, `syscr`) of one thread.
+fn thread_io(pid: u32, tid: u32) -> std::io::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/task/{tid}/io");
+    let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    match (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
+        (Some(r), Some(c)) => Ok((r, c)),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"))),
     }
 }
 

@@ -23,7 +23,7 @@ pub async fn create(
     }
     ctx.apply(&vm.name, drive, &Input::Create)?; // refuses if the pair exists
     let info = qemu::resolve_drive(&q, &vm.name, drive).await?;
-    let abs = std::path::absolute(target_path).map_err(|e| ApiError::bad(format!("target {}: {e}", target_path.display())))?;
+    let abs = canonical_target(target_path)?;
     if let Some(other) = ctx.store.read(|s| s.pairs.iter().find(|p| p.target == abs || (p.vm == vm.name && p.node == info.node)).cloned()) {
         return Err(ApiError::bad(format!(
             "disk {drive} of vm {}: {} is already used by the pair of disk {} of vm {}",
@@ -115,6 +115,8 @@ pub async fn delete(ctx: &Ctx, vm: &VmRt, p: &PairRecord) -> Result<(), ApiError
 pub async fn stop_everything(q: &crate::qmp::Qmp, p: &PairRecord) -> Result<(), ApiError> {
     qemu::cancel_and_dismiss(q, &p.vm, &p.mirror_job()).await?;
     qemu::cancel_and_dismiss(q, &p.vm, &p.backup_job()).await?;
+    // The secondary first: a failing one can make node queries fail for the whole VM.
+    target::close(q, p).await?;
     if qemu::node(q, &p.vm, &p.node).await?.is_some() {
         for b in qemu::bitmaps(q, &p.vm, &p.node).await? {
             if b.name.starts_with("qsplit.") {
@@ -122,6 +124,16 @@ pub async fn stop_everything(q: &crate::qmp::Qmp, p: &PairRecord) -> Result<(), 
             }
         }
     }
-    target::close(q, p).await?;
     Ok(())
+}
+
+/// The target's path with its directory resolved (symlinks, `..`), so one file cannot be two
+/// pairs' secondary under different spellings.
+fn canonical_target(path: &Path) -> Result<std::path::PathBuf, ApiError> {
+    let abs = std::path::absolute(path).map_err(|e| ApiError::bad(format!("target {}: {e}", path.display())))?;
+    let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return Err(ApiError::bad(format!("target {}: not a file path", path.display())));
+    };
+    let dir = dir.canonicalize().map_err(|e| ApiError::bad(format!("target directory {}: {e}", dir.display())))?;
+    Ok(dir.join(name))
 }

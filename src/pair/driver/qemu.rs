@@ -64,9 +64,25 @@ pub struct BitmapInfo {
 }
 
 /// The named block node's description, if the node exists.
+///
+/// `query-named-block-nodes` describes every node, and one failing node (a secondary whose disk
+/// returns I/O errors cannot list its bitmap directory) makes the whole query fail; then the
+/// node's existence is taken from `x-debug-query-block-graph`, which reads nothing from disk,
+/// and the description holds only the name.
 pub async fn node(q: &Qmp, vm: &str, node: &str) -> Result<Option<Value>, ApiError> {
-    let nodes = exec(q, vm, "query-named-block-nodes", json!({"flat": true})).await?;
-    Ok(nodes.as_array().into_iter().flatten().find(|n| n["node-name"].as_str() == Some(node)).cloned())
+    match exec(q, vm, "query-named-block-nodes", json!({"flat": true})).await {
+        Ok(nodes) => Ok(nodes.as_array().into_iter().flatten().find(|n| n["node-name"].as_str() == Some(node)).cloned()),
+        Err(e) if e.kind == ErrorKind::Qemu && !q.is_closed() => {
+            let graph = exec(q, vm, "x-debug-query-block-graph", Value::Null).await.map_err(|_| e)?;
+            Ok(graph["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["name"].as_str() == Some(node))
+                .map(|_| json!({"node-name": node})))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn bitmaps(q: &Qmp, vm: &str, node_name: &str) -> Result<Vec<BitmapInfo>, ApiError> {
@@ -193,7 +209,9 @@ pub async fn cancel_and_dismiss(q: &Qmp, vm: &str, id: &str) -> Result<(), ApiEr
     }
     match wait_job(q, vm, id, Until::Concluded, Duration::from_secs(60)).await {
         Ok(_) => {}
-        Err(e) if e.kind == ErrorKind::Qemu && e.message.contains("failed") => {} // cancelled with an error: fine, we are discarding it
+        // Concluded with an error (e.g. a paused-on-error job cancelled by force): fine, we are
+        // discarding the job.
+        Err(e) if e.kind == ErrorKind::Qemu && e.message.contains(&format!("job {id} failed:")) => {}
         Err(e) => return Err(e),
     }
     dismiss(q, vm, id).await

@@ -57,16 +57,29 @@ pub async fn resync_pairs(
     let mut pending: Vec<Pending> = vec![];
     let mut failed: Vec<ApiError> = vec![];
     for p in pairs {
-        let mut full = p.state == crate::pair::State::Suspended;
-        if !recovering {
-            let step = ctx.apply(&p.vm, &p.drive, &Input::Resync)?;
-            full = step.effects.contains(&Effect::Resync { full: true });
+        // A continued resync keeps the full-copy decision recorded before the crash.
+        let mut full = p.state == crate::pair::State::Suspended || matches!(p.op, Some(Op::Resync { full: true }));
+        let started = async {
+            if !recovering {
+                let step = ctx.apply(&p.vm, &p.drive, &Input::Resync)?;
+                full = step.effects.contains(&Effect::Resync { full: true });
+            }
+            set_op(ctx, p, full)
         }
-        let internal = |e: anyhow::Error| ApiError::new(ErrorKind::Internal, e.to_string());
-        ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync)).map_err(internal)?;
-        let reason = full.then(|| format!("the pair was suspended ({})", p.reason.clone().unwrap_or_else(|| "no reason recorded".into())));
+        .await;
+        if let Err(e) = started {
+            failed.push(fail(ctx, p, e));
+            continue;
+        }
+        let reason = full.then(|| match p.op {
+            Some(Op::Resync { full: true }) if recovering => "continuing a full copy that was interrupted".to_string(),
+            _ => format!("the pair was suspended ({})", p.reason.clone().unwrap_or_else(|| "no reason recorded".into())),
+        });
         match run(ctx, vm, q, p, max_pause_ms, full, reason).await {
-            Ok(Prepared::Done(r)) => done.push(finish(ctx, p, r)?),
+            Ok(Prepared::Done(r)) => match finish(ctx, p, r) {
+                Ok(r) => done.push(r),
+                Err(e) => failed.push(fail(ctx, p, e)),
+            },
             Ok(Prepared::Pending(pend)) => pending.push(pend),
             Err(e) => failed.push(fail(ctx, p, e)),
         }
@@ -96,7 +109,10 @@ pub async fn resync_pairs(
             match o {
                 Ok(()) => {
                     let r = result(&pend.p, pend.copied, pend.dirty_at_start, pend.passes, pause_ms, false, None, pend.t_start);
-                    done.push(finish(ctx, &pend.p, r)?);
+                    match finish(ctx, &pend.p, r) {
+                        Ok(r) => done.push(r),
+                        Err(e) => failed.push(fail(ctx, &pend.p, e)),
+                    }
                 }
                 Err(e) => failed.push(fail(ctx, &pend.p, e)),
             }
@@ -109,6 +125,12 @@ pub async fn resync_pairs(
     // In the order asked for.
     done.sort_by_key(|r| pairs.iter().position(|p| p.drive == r.drive));
     Ok(done)
+}
+
+fn set_op(ctx: &Ctx, p: &PairRecord, full: bool) -> Result<(), ApiError> {
+    ctx.store
+        .update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync { full }))
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
 }
 
 fn finish(ctx: &Ctx, p: &PairRecord, r: ResyncResult) -> Result<ResyncResult, ApiError> {
@@ -192,10 +214,12 @@ async fn run(
         match found {
             target::Found::Missing if !full => {
                 full = true;
+                set_op(ctx, p, true)?;
                 reason = Some(format!("the secondary {} was missing; it was created anew and everything is copied", p.target.display()));
             }
             target::Found::Ours { seq } if seq != p.split_seq && !full => {
                 full = true;
+                set_op(ctx, p, true)?;
                 reason = Some(format!(
                     "the secondary {} holds split {seq}, not split {} (replaced?), so everything is copied",
                     p.target.display(),

@@ -109,10 +109,19 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
             Err(e) => {
                 // The agent may have frozen some filesystems before failing: always thaw.
                 session = None;
-                if sent {
-                    let _ = thaw(&qga, None).await;
+                // The guard goes only when the guest is known not to be frozen.
+                if !sent || thaw(&qga, None).await.is_ok() {
+                    let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+                } else {
+                    vm.thaw_owed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    ctx.events.note(
+                        "error",
+                        &vm.name,
+                        None,
+                        format!("vm {}: THAW FAILED after a failed freeze; the daemon retries every 2 s", vm.name),
+                        json!(null),
+                    );
                 }
-                let _ = ctx.save(|s| s.frozen.remove(&vm.name));
                 let msg = format!("vm {}: guest agent could not freeze the filesystems: {e}", vm.name);
                 if mode == Freeze::Required {
                     clear_op(ctx, &pairs);
@@ -143,7 +152,9 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                     format!("vm {}: THAW FAILED: {e}; the daemon retries every 2 s", vm.name),
                     json!(null),
                 );
-                // The guard stays recorded: recovery (and the next connection) retries the thaw.
+                // The guard stays recorded and the VM's housekeeping retries the thaw every two
+                // seconds, even while this VM's operation (a backup cycle) goes on.
+                vm.thaw_owed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -157,7 +168,9 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
     };
 
     crate::daemon::crash_point(ctx, "split-after-window");
-    // Finish each pair: identity marker, close, state `split`.
+    // Finish each pair: identity marker, close, state `split`. A pair that cannot be finished
+    // is suspended; the others are still finished.
+    let mut first_err = None;
     for p in &pairs {
         let res = async {
             qemu::dismiss(&q, &vm.name, &p.mirror_job()).await?;
@@ -171,18 +184,25 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
                 &p.drive,
                 format!("split {seq} could not close the secondary: {}; run `qsplit pair resync` (full copy)", e.message),
             );
-            return Err(e);
+            first_err.get_or_insert(e);
+            continue;
         }
-        ctx.store
-            .update_pair(&p.vm, &p.drive, |r| {
-                r.split_seq = seq;
-                r.last_split_time = Some(time);
-                r.last_pause_ms = Some(pause_ms);
-                r.last_freeze_ms = freeze_ms;
-                r.op = None;
-            })
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-        ctx.apply(&p.vm, &p.drive, &Input::SplitDone)?;
+        let saved = ctx.store.update_pair(&p.vm, &p.drive, |r| {
+            r.split_seq = seq;
+            r.last_split_time = Some(time);
+            r.last_pause_ms = Some(pause_ms);
+            r.last_freeze_ms = freeze_ms;
+            r.op = None;
+        });
+        if let Err(e) = saved
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+            .and_then(|_| ctx.apply(&p.vm, &p.drive, &Input::SplitDone).map(|_| ()))
+        {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     let result = SplitResult {
         vm: vm.name.clone(),

@@ -131,7 +131,11 @@ pub async fn close(q: &Qmp, p: &PairRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// On the open secondary: keep only `qsplit.since:<seq>` (created if missing) and no marker.
+/// On the open secondary: keep only `qsplit.since:<seq>` (created if missing). The identity
+/// marker stays: QEMU removes a persistent bitmap from the file at once but writes a new one
+/// only when it closes the image, so a marker removed here would leave an image that is no
+/// longer recognisably ours if QEMU died before the next split. `mark` replaces it at the
+/// split, right before the image is closed.
 pub async fn reset_bitmaps(q: &Qmp, p: &PairRecord, since: u64) -> Result<(), ApiError> {
     let node = p.target_node();
     let keep = since_name(since);
@@ -139,7 +143,7 @@ pub async fn reset_bitmaps(q: &Qmp, p: &PairRecord, since: u64) -> Result<(), Ap
     for b in qemu::bitmaps(q, &p.vm, &node).await? {
         if b.name == keep && !b.inconsistent {
             have = true;
-        } else if b.name.starts_with(MARKER_PREFIX) || b.name.starts_with(SINCE_PREFIX) {
+        } else if b.name.starts_with(SINCE_PREFIX) {
             qemu::bitmap_remove(q, &p.vm, &node, &b.name).await?;
         }
     }
