@@ -11,6 +11,13 @@ async fn run_status(vm: &harness::Vm) -> anyhow::Result<String> {
     Ok(v["status"].as_str().unwrap_or("").to_string())
 }
 
+/// Waits until the daemon is connected to this (restarted) QEMU process.
+fn wait_reconnected(d: &Daemon, vm: &harness::Vm) {
+    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "daemon reconnected", || {
+        d.cli_json(&["vm", "list"]).map(|v| v[0]["connected"] == true && v[0]["pid"] == vm.pid()).unwrap_or(false)
+    });
+}
+
 fn crash_at(d: &Daemon, point: &str) -> anyhow::Result<()> {
     std::fs::write(d.state_dir.join(".crash-at"), point)?;
     Ok(())
@@ -183,9 +190,7 @@ async fn qemu_restarted_or_secondary_replaced_after_split_means_a_full_resync_th
     let image = std::path::PathBuf::from(sp["images"][0].as_str().unwrap());
     // QEMU restarts: the split bitmap (not persistent) is gone. The split pair keeps its image.
     vm.restart().await?;
-    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "daemon reconnected", || {
-        d.cli_json(&["vm", "list"]).map(|v| v[0]["connected"] == true && v[0]["pid"] == vm.pid()).unwrap_or(false)
-    });
+    wait_reconnected(&d, &vm);
     assert_eq!(status_of(&d, "f6", "vd0")?["state"], "split");
     img::check(&image)?;
     vm.write("vd0", 2 * MIB, MIB, 0x62).await?;
@@ -226,9 +231,7 @@ async fn a_duplex_pair_whose_qemu_died_resyncs_fully_onto_its_own_secondary() ->
     // QEMU dies while the pair mirrors (the secondary is never closed cleanly) and comes back.
     vm.restart().await?;
     d.cli_json(&["pair", "wait", "f7", "--state", "suspended", "--timeout", "20"])?;
-    harness::expect_until(harness::scaled(std::time::Duration::from_secs(10)), "daemon reconnected", || {
-        d.cli_json(&["vm", "list"]).map(|v| v[0]["connected"] == true && v[0]["pid"] == vm.pid()).unwrap_or(false)
-    });
+    wait_reconnected(&d, &vm);
     // The secondary is still recognisably this disk's: the resync copies everything onto it.
     let r = d.cli_json(&["pair", "resync", "f7"])?;
     assert_eq!(r["full"], true, "{r}");

@@ -102,6 +102,10 @@ impl ApiError {
     pub fn qemu(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Qemu, message)
     }
+    /// A failure of qsplit itself (state file, a lost task).
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(ErrorKind::Internal, e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -71,10 +71,6 @@ pub struct CycleResult {
     pub recovered: Vec<DiskResult>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorKind::Internal, e.to_string())
-}
-
 /// QEMU's read counters now (see `IoSnapshot::data_reads_since` for what counts as a read of
 /// data). With `aio=io_uring` or `native`, image reads bypass read(2) and cannot be seen here.
 fn qemu_reads(vm: &VmRt) -> Option<crate::qmp::peer::IoSnapshot> {
@@ -99,7 +95,7 @@ async fn archive_one(vm: &VmRt, p: &PairRecord, target: &ArchiveTarget) -> Resul
         progress: false,
     };
     let before = qemu_reads(vm);
-    let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts)).await.map_err(internal)?.map_err(|e| {
+    let rep = tokio::task::spawn_blocking(move || archive::write_image(&opts)).await.map_err(ApiError::internal)?.map_err(|e| {
         ApiError::new(ErrorKind::Internal, format!("{}: archiving {} into {}: {e:#}", p.label(), p.target.display(), target.path.display()))
     })?;
     let after = qemu_reads(vm);
@@ -136,6 +132,19 @@ fn disk_result(p: &PairRecord, rep: Option<&archive::WriteReport>, ms: u64, read
     }
 }
 
+/// Resyncs `pairs` together (one final stop of the VM) and records the results per disk.
+async fn resync_into(ctx: &Ctx, vm: &VmRt, pairs: &[PairRecord], disks: &mut [DiskResult]) -> Result<(), ApiError> {
+    let q = vm.qmp()?;
+    for rs in resync::resync_pairs(ctx, vm, &q, pairs, resync::DEFAULT_MAX_PAUSE_MS, false).await? {
+        if let Some(d) = disks.iter_mut().find(|d| d.drive == rs.drive) {
+            d.resync_bytes = rs.bytes_copied;
+            d.resync_pause_ms = rs.pause_ms;
+            d.resync_full = rs.full;
+        }
+    }
+    Ok(())
+}
+
 /// Archives then resyncs pairs left `split` by an interrupted cycle.
 async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Result<Vec<DiskResult>, ApiError> {
     let left: Vec<_> = ctx.store.pairs_of(&vm.name).into_iter().filter(|p| p.state == State::Split).collect();
@@ -166,14 +175,7 @@ async fn finish_interrupted(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget) -> Res
         out.push(r);
     }
     if !left.is_empty() {
-        let q = vm.qmp()?;
-        for rs in resync::resync_pairs(ctx, vm, &q, &left, resync::DEFAULT_MAX_PAUSE_MS, false).await? {
-            if let Some(r) = out.iter_mut().find(|r| r.drive == rs.drive) {
-                r.resync_bytes = rs.bytes_copied;
-                r.resync_pause_ms = rs.pause_ms;
-                r.resync_full = rs.full;
-            }
-        }
+        resync_into(ctx, vm, &left, &mut out).await?;
     }
     if let Some(e) = archive_err {
         return Err(ApiError::new(
@@ -244,16 +246,8 @@ pub async fn run_cycle(ctx: &Ctx, vm: &VmRt, target: &ArchiveTarget, freeze: Opt
         }
     }
     crate::daemon::crash_point(ctx, "backup-archived");
-    let q = vm.qmp()?;
     let current: Vec<PairRecord> = split_pairs.iter().map(|p| ctx.store.pair(&p.vm, &p.drive).unwrap_or(p.clone())).collect();
-    // One resync for all disks: one final stop of the VM.
-    for rs in resync::resync_pairs(ctx, vm, &q, &current, resync::DEFAULT_MAX_PAUSE_MS, false).await? {
-        if let Some(d) = disks.iter_mut().find(|d| d.drive == rs.drive) {
-            d.resync_bytes = rs.bytes_copied;
-            d.resync_pause_ms = rs.pause_ms;
-            d.resync_full = rs.full;
-        }
-    }
+    resync_into(ctx, vm, &current, &mut disks).await?;
     if let Some(e) = archive_err {
         return Err(ApiError::new(
             e.kind,
@@ -296,5 +290,5 @@ pub async fn run(ctx: &Ctx, vm: &VmRt, archive_path: &Path, freeze: Option<bool>
         }
     }
     let r = run_cycle(ctx, vm, &target, freeze, &hooks).await?;
-    serde_json::to_value(r).map_err(internal)
+    serde_json::to_value(r).map_err(ApiError::internal)
 }

@@ -137,7 +137,7 @@ impl Ctx {
                     }
                 }
             })
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(ApiError::internal)?;
         if current != step.next || step.reason.is_some() {
             self.events.state_change(vm, drive, current, step.next, step.reason.as_deref());
         }
@@ -153,7 +153,7 @@ impl Ctx {
     }
 
     pub fn save<R>(&self, f: impl FnOnce(&mut store::StateFile) -> R) -> Result<R, ApiError> {
-        self.store.update(f).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+        self.store.update(f).map_err(ApiError::internal)
     }
 }
 

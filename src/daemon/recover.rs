@@ -175,35 +175,40 @@ pub async fn guards(ctx: &Ctx, vm: &VmRt, q: &Qmp) {
         }
     }
     if frozen {
-        if let Some(qga) = &vm.qga {
-            let t = std::time::Duration::from_secs(10);
-            match qga.fsfreeze_status(t).await {
-                Ok(crate::qmp::FreezeStatus::Frozen) => match qga.fsfreeze_thaw(t).await {
-                    Ok(n) => {
-                        let _ = ctx.save(|s| s.frozen.remove(&vm.name));
-                        ctx.events.note(
-                            "recovery",
-                            &vm.name,
-                            None,
-                            format!("vm {}: thawed {n} guest filesystems that qsplit had frozen when it was interrupted", vm.name),
-                            json!(null),
-                        );
-                    }
-                    Err(e) => {
-                        ctx.events.note("error", &vm.name, None, format!("vm {}: could not thaw the guest: {e}", vm.name), json!(null))
-                    }
-                },
-                Ok(_) => {
-                    let _ = ctx.save(|s| s.frozen.remove(&vm.name));
-                }
-                Err(e) => ctx.events.note(
-                    "error",
-                    &vm.name,
-                    None,
-                    format!("vm {}: guest agent did not answer to check the freeze: {e}; will retry on the next connection", vm.name),
-                    json!(null),
-                ),
-            }
-        }
+        thaw_frozen(ctx, vm, "that qsplit had frozen when it was interrupted").await;
     }
+}
+
+/// Thaws a guest recorded as frozen by qsplit, if the agent says it still is, and clears the
+/// guard; `why` ends the event's sentence. Returns whether the guard is cleared.
+pub async fn thaw_frozen(ctx: &Ctx, vm: &VmRt, why: &str) -> bool {
+    let Some(qga) = &vm.qga else { return false };
+    let t = std::time::Duration::from_secs(10);
+    let thawed = match qga.fsfreeze_status(t).await {
+        Ok(crate::qmp::FreezeStatus::Frozen) => match qga.fsfreeze_thaw(t).await {
+            Ok(n) => {
+                ctx.events.note("recovery", &vm.name, None, format!("vm {}: thawed {n} guest filesystems {why}", vm.name), json!(null));
+                true
+            }
+            Err(e) => {
+                ctx.events.note("error", &vm.name, None, format!("vm {}: could not thaw the guest: {e}", vm.name), json!(null));
+                false
+            }
+        },
+        Ok(_) => true,
+        Err(e) => {
+            ctx.events.note(
+                "error",
+                &vm.name,
+                None,
+                format!("vm {}: guest agent did not answer to check the freeze: {e}; will retry", vm.name),
+                json!(null),
+            );
+            false
+        }
+    };
+    if thawed {
+        let _ = ctx.save(|s| s.frozen.remove(&vm.name));
+    }
+    thawed
 }

@@ -115,10 +115,6 @@ async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> std
     w.write_all(&line).await
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorKind::Internal, e.to_string())
-}
-
 pub async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Value, ApiError> {
     match req {
         Request::VmAttach { name, qmp, qga } => attach(ctx, name, &qmp, qga.as_deref()).await,
@@ -176,7 +172,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, req: Request) -> Result<Value, ApiError> {
             let rt = ctx.vm(&vm)?;
             crate::backup::cycle::run(ctx, &rt, &archive, freeze).await
         }
-        Request::Events { .. } => Err(internal("events are streamed")),
+        Request::Events { .. } => Err(ApiError::internal("events are streamed")),
     }
 }
 
@@ -187,8 +183,8 @@ async fn attach(ctx: &Arc<Ctx>, name: String, qmp: &Path, qga: Option<&Path>) ->
     if ctx.vms.lock().unwrap().contains_key(&name) {
         return Err(ApiError::state(format!("vm {name} is already attached (see `qsplit vm list`)")));
     }
-    let qmp = std::path::absolute(qmp).map_err(internal)?;
-    let qga = qga.map(std::path::absolute).transpose().map_err(internal)?;
+    let qmp = std::path::absolute(qmp).map_err(ApiError::internal)?;
+    let qga = qga.map(std::path::absolute).transpose().map_err(ApiError::internal)?;
     if let Some(other) = ctx.store.read(|s| s.vms.iter().find(|v| v.qmp == qmp).map(|v| v.name.clone())) {
         return Err(ApiError::state(format!("QMP socket {} is already attached as vm {other}", qmp.display())));
     }
@@ -234,6 +230,7 @@ async fn vm_list(ctx: &Arc<Ctx>) -> Vec<VmInfo> {
 pub async fn pair_status(ctx: &Arc<Ctx>, vm: Option<&str>) -> Vec<PairStatus> {
     let pairs = ctx.store.read(|s| s.pairs.iter().filter(|p| vm.is_none_or(|v| p.vm == v)).cloned().collect::<Vec<_>>());
     let mut out = vec![];
+    let mut jobs_of: std::collections::HashMap<String, Vec<qemu::JobInfo>> = Default::default();
     for p in pairs {
         let mut st = PairStatus {
             vm: p.vm.clone(),
@@ -252,11 +249,14 @@ pub async fn pair_status(ctx: &Arc<Ctx>, vm: Option<&str>) -> Vec<PairStatus> {
         };
         if let Some(q) = ctx.vm(&p.vm).ok().and_then(|v| v.connected()) {
             let live = async {
-                if let Ok(jobs) = qemu::jobs(&q, &p.vm).await {
-                    if let Some(j) = jobs.iter().find(|j| j.id == p.mirror_job() || j.id == p.backup_job()) {
-                        st.copy_done = Some(j.current);
-                        st.copy_total = Some(j.total);
-                    }
+                // One `query-jobs` per VM, not per pair.
+                if !jobs_of.contains_key(&p.vm) {
+                    let j = qemu::jobs(&q, &p.vm).await.unwrap_or_default();
+                    jobs_of.insert(p.vm.clone(), j);
+                }
+                if let Some(j) = jobs_of[&p.vm].iter().find(|j| j.id == p.mirror_job() || j.id == p.backup_job()) {
+                    st.copy_done = Some(j.current);
+                    st.copy_total = Some(j.total);
                 }
                 if matches!(p.state, State::Split | State::Resyncing) {
                     if let Ok(bs) = qemu::bitmaps(&q, &p.vm, &p.node).await {
@@ -314,7 +314,7 @@ async fn wait(ctx: &Arc<Ctx>, vm: &str, drive: Option<&str>, want: State, timeou
             None => recv.await,
         };
         if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
-            return Err(internal("daemon is shutting down"));
+            return Err(ApiError::internal("daemon is shutting down"));
         }
     }
 }

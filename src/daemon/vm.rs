@@ -125,18 +125,8 @@ async fn housekeeping(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, milestones: &mut 
         } else if vm.thaw_owed.load(std::sync::atomic::Ordering::SeqCst) {
             // A split's thaw failed and its operation (a backup cycle) still runs: nothing else
             // uses the agent in the meantime, so thaw without the token.
-            if let Some(qga) = &vm.qga {
-                if let Ok(n) = qga.fsfreeze_thaw(Duration::from_secs(10)).await {
-                    vm.thaw_owed.store(false, std::sync::atomic::Ordering::SeqCst);
-                    let _ = ctx.save(|s| s.frozen.remove(&vm.name));
-                    ctx.events.note(
-                        "recovery",
-                        &vm.name,
-                        None,
-                        format!("vm {}: thawed {n} guest filesystems after a failed thaw", vm.name),
-                        serde_json::Value::Null,
-                    );
-                }
+            if recover::thaw_frozen(ctx, vm, "after a failed thaw").await {
+                vm.thaw_owed.store(false, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -195,9 +185,4 @@ fn on_event(ctx: &Arc<Ctx>, vm: &Arc<VmRt>, q: &Qmp, ev: QmpEvent) {
             _ => {}
         }
     });
-}
-
-/// Milliseconds helper for events.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

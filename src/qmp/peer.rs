@@ -27,16 +27,16 @@ pub fn peer_pid<S: AsRawFd>(sock: &S) -> std::io::Result<u32> {
 
 /// `rchar` from `/proc/PID/io`: bytes the process has read through read-like syscalls.
 pub fn process_rchar(pid: u32) -> std::io::Result<u64> {
-    let path = format!("/proc/{pid}/io");
-    let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    parse_io_field(&text, "rchar").ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
+    read_io(&format!("/proc/{pid}/io")).map(|(r, _)| r)
 }
 
-/// `rchar` of one thread of a process (`/proc/PID/task/TID/io`).
-pub fn thread_rchar(pid: u32, tid: u32) -> std::io::Result<u64> {
-    let path = format!("/proc/{pid}/task/{tid}/io");
-    let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    parse_io_field(&text, "rchar").ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar line")))
+/// (`rchar`, `syscr`) from an `io` file of /proc (a process's or one thread's).
+fn read_io(path: &str) -> std::io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    match (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
+        (Some(r), Some(c)) => Ok((r, c)),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"))),
+    }
 }
 
 /// Read counters of a process and of each of its threads at one moment.
@@ -66,11 +66,7 @@ impl IoSnapshot {
     }
 
     fn take_once(pid: u32) -> std::io::Result<IoSnapshot> {
-        let path = format!("/proc/{pid}/io");
-        let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"));
-        let rchar = parse_io_field(&text, "rchar").ok_or_else(bad)?;
-        let syscr = parse_io_field(&text, "syscr").ok_or_else(bad)?;
+        let (rchar, syscr) = read_io(&format!("/proc/{pid}/io"))?;
         let mut threads = std::collections::BTreeMap::new();
         // The main thread first, right after the process file.
         threads.insert(pid, thread_io(pid, pid)?);
@@ -79,9 +75,8 @@ impl IoSnapshot {
             if tid == pid {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(e.path().join("io")) else { continue }; // thread just exited
-            if let (Some(r), Some(c)) = (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
-                threads.insert(tid, (r, c));
+            if let Ok(rc) = thread_io(pid, tid) {
+                threads.insert(tid, rc); // (a thread that just exited has no file any more)
             }
         }
         Ok(IoSnapshot { pid, rchar, syscr, threads })
@@ -118,12 +113,7 @@ impl IoSnapshot {
 
 /// (`rchar`, `syscr`) of one thread.
 fn thread_io(pid: u32, tid: u32) -> std::io::Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/task/{tid}/io");
-    let text = std::fs::read_to_string(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    match (parse_io_field(&text, "rchar"), parse_io_field(&text, "syscr")) {
-        (Some(r), Some(c)) => Ok((r, c)),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: no rchar/syscr"))),
-    }
+    read_io(&format!("/proc/{pid}/task/{tid}/io"))
 }
 
 /// The value of `name: N` in the text of a `/proc/PID/io` file.

@@ -1,7 +1,7 @@
 //! Creating a pair (secondary image + synchronous mirror) and deleting one.
 
 use super::{qemu, target};
-use crate::api::{ApiError, ErrorKind};
+use crate::api::ApiError;
 use crate::daemon::store::{Op, PairRecord};
 use crate::daemon::{Ctx, VmRt};
 use crate::pair::{Input, State};
@@ -35,9 +35,7 @@ pub async fn create(
     }
     let (vmn, dr, size) = (vm.name.clone(), drive.to_string(), info.size);
     let abs2 = abs.clone();
-    let created = tokio::task::spawn_blocking(move || target::prepare(&abs2, &vmn, &dr, size))
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+    let created = tokio::task::spawn_blocking(move || target::prepare(&abs2, &vmn, &dr, size)).await.map_err(ApiError::internal)??;
     let rec = ctx.save(|s| {
         let id = s.next_id.max(1);
         s.next_id = id + 1;
@@ -95,7 +93,7 @@ pub async fn start(q: &crate::qmp::Qmp, rec: &PairRecord) -> Result<(), ApiError
 /// secondary (kept on disk) and forgets the pair.
 pub async fn delete(ctx: &Ctx, vm: &VmRt, p: &PairRecord) -> Result<(), ApiError> {
     crate::pair::state::step(p.state, &Input::Delete).map_err(|r| ApiError::state(format!("{}: {r}", p.label())))?;
-    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Delete)).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Delete)).map_err(ApiError::internal)?;
     let stopped = match vm.qmp() {
         Ok(q) => stop_everything(&q, p).await,
         // Without QEMU there is nothing to stop for a split (closed) or suspended pair; a

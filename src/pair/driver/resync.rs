@@ -16,7 +16,7 @@
 
 use super::split::SPLIT_BITMAP;
 use super::{pause, qemu, target};
-use crate::api::{ApiError, ErrorKind, ResyncResult};
+use crate::api::{ApiError, ResyncResult};
 use crate::daemon::store::{Op, PairRecord};
 use crate::daemon::{Ctx, VmRt};
 use crate::pair::{Effect, Input};
@@ -128,9 +128,7 @@ pub async fn resync_pairs(
 }
 
 fn set_op(ctx: &Ctx, p: &PairRecord, full: bool) -> Result<(), ApiError> {
-    ctx.store
-        .update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync { full }))
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+    ctx.store.update_pair(&p.vm, &p.drive, |r| r.op = Some(Op::Resync { full })).map_err(ApiError::internal)
 }
 
 fn finish(ctx: &Ctx, p: &PairRecord, r: ResyncResult) -> Result<ResyncResult, ApiError> {
@@ -139,7 +137,7 @@ fn finish(ctx: &Ctx, p: &PairRecord, r: ResyncResult) -> Result<ResyncResult, Ap
             rec.op = None;
             rec.last_pause_ms = Some(r.pause_ms);
         })
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        .map_err(ApiError::internal)?;
     ctx.apply(&p.vm, &p.drive, &Input::ResyncDone)?;
     ctx.events.note(
         "resync",
@@ -210,7 +208,7 @@ async fn run(
             Ok::<_, ApiError>(f)
         })
         .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+        .map_err(ApiError::internal)??;
         match found {
             target::Found::Missing if !full => {
                 full = true;
@@ -266,18 +264,7 @@ async fn run(
             qemu::bitmap_remove(q, name, &p.node, o).await?;
         }
     }
-    let count = |b: &str| {
-        let b = b.to_string();
-        async move {
-            qemu::bitmaps(q, name, &p.node)
-                .await?
-                .into_iter()
-                .find(|x| x.name == b)
-                .map(|x| x.count)
-                .ok_or_else(|| ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label())))
-        }
-    };
-    let dirty_at_start = count(&cur).await?;
+    let dirty_at_start = bitmap_count(q, name, p, &cur).await?;
 
     let cached = *vm.seeded_mirror.lock().unwrap();
     let seeded = match cached {
@@ -302,7 +289,7 @@ async fn run(
     // Pass bitmap numbers continue after any left by an interrupted attempt.
     let mut next_no = pending.iter().filter_map(|b| b.name.strip_prefix("qsplit.pass")?.parse::<u32>().ok()).max().unwrap_or(0) + 1;
     loop {
-        let left = count(&cur).await?;
+        let left = bitmap_count(q, name, p, &cur).await?;
         let est_ms = FINAL_OVERHEAD_MS + left as f64 / rate * 1000.0;
         if left == 0 || est_ms <= max_pause_ms as f64 || passes >= MAX_PASSES {
             break;
@@ -310,33 +297,23 @@ async fn run(
         let next = format!("qsplit.pass{next_no}");
         next_no += 1;
         let t = Instant::now();
-        qemu::exec(
-            q,
-            name,
-            "transaction",
-            json!({"actions": [
-                {"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": next, "persistent": false}},
-                {"type": "blockdev-backup", "data": backup_args(p, &cur)},
-            ]}),
-        )
-        .await?;
+        start_copy(q, name, p, &cur, &next).await?;
         crate::daemon::crash_point(ctx, "resync-pass");
-        let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
-        qemu::dismiss(q, name, &p.backup_job()).await?;
+        let bytes = finish_copy(q, name, p).await?;
         qemu::bitmap_remove(q, name, &p.node, &cur).await?;
         let secs = t.elapsed().as_secs_f64().max(1e-3);
-        if j.total > 0 {
-            rate = (j.total as f64 / secs).max(1e6);
+        if bytes > 0 {
+            rate = (bytes as f64 / secs).max(1e6);
         }
-        copied += j.total;
+        copied += bytes;
         passes += 1;
         cur = next;
         ctx.events.note(
             "progress",
             &p.vm,
             Some(&p.drive),
-            format!("{}: resync pass {passes} copied {} bytes", p.label(), j.total),
-            json!({"pass": passes, "bytes": j.total}),
+            format!("{}: resync pass {passes} copied {bytes} bytes", p.label()),
+            json!({"pass": passes, "bytes": bytes}),
         );
     }
 
@@ -351,41 +328,19 @@ async fn run(
 /// between that check and the mirror start).
 async fn final_rounds(q: &Qmp, name: &str, x: &mut Pending) -> Result<(), ApiError> {
     let p = x.p.clone();
-    let count = |b: String| {
-        let p = p.clone();
-        async move {
-            qemu::bitmaps(q, name, &p.node)
-                .await?
-                .into_iter()
-                .find(|y| y.name == b)
-                .map(|y| y.count)
-                .ok_or_else(|| ApiError::qemu(format!("{}: bitmap {b} vanished from the primary during resync", p.label())))
-        }
-    };
     for _round in 0..4 {
         let fin = format!("qsplit.pass{}", x.next_no);
         x.next_no += 1;
-        if count(x.cur.clone()).await? > 0 {
-            qemu::exec(
-                q,
-                name,
-                "transaction",
-                json!({"actions": [
-                    {"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": fin, "persistent": false}},
-                    {"type": "blockdev-backup", "data": backup_args(&p, &x.cur)},
-                ]}),
-            )
-            .await?;
-            let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
-            qemu::dismiss(q, name, &p.backup_job()).await?;
-            x.copied += j.total;
+        if bitmap_count(q, name, &p, &x.cur).await? > 0 {
+            start_copy(q, name, &p, &x.cur, &fin).await?;
+            x.copied += finish_copy(q, name, &p).await?;
             x.passes += 1;
         } else {
             qemu::bitmap_add(q, name, &p.node, &fin, false, false).await?;
         }
         qemu::bitmap_remove(q, name, &p.node, &x.cur).await?;
         x.cur = fin;
-        if count(x.cur.clone()).await? == 0 {
+        if bitmap_count(q, name, &p, &x.cur).await? == 0 {
             target::start_mirror(q, &p, "none", None).await?;
             qemu::wait_job(q, name, &p.mirror_job(), qemu::Until::Ready, Duration::from_secs(30)).await?;
             qemu::bitmap_remove(q, name, &p.node, &x.cur).await?;
@@ -393,6 +348,33 @@ async fn final_rounds(q: &Qmp, name: &str, x: &mut Pending) -> Result<(), ApiErr
         }
     }
     Err(ApiError::qemu(format!("{}: writes kept arriving while the VM was stopped; resync not finished", p.label())))
+}
+
+/// Bytes recorded in one of the primary's qsplit bitmaps.
+async fn bitmap_count(q: &Qmp, name: &str, p: &PairRecord, bitmap: &str) -> Result<u64, ApiError> {
+    qemu::bitmaps(q, name, &p.node)
+        .await?
+        .into_iter()
+        .find(|x| x.name == bitmap)
+        .map(|x| x.count)
+        .ok_or_else(|| ApiError::qemu(format!("{}: bitmap {bitmap} vanished from the primary during resync", p.label())))
+}
+
+/// One copy pass, atomically: a new bitmap `next` starts recording and a backup job copies what
+/// `cur` holds (`cur` itself stays whole until the job concluded: `bitmap-mode=never`).
+async fn start_copy(q: &Qmp, name: &str, p: &PairRecord, cur: &str, next: &str) -> Result<(), ApiError> {
+    let actions = json!([
+        {"type": "block-dirty-bitmap-add", "data": {"node": p.node, "name": next, "persistent": false}},
+        {"type": "blockdev-backup", "data": backup_args(p, cur)},
+    ]);
+    qemu::exec(q, name, "transaction", json!({ "actions": actions })).await.map(|_| ())
+}
+
+/// Waits for the pass's job to conclude, dismisses it, returns the bytes it copied.
+async fn finish_copy(q: &Qmp, name: &str, p: &PairRecord) -> Result<u64, ApiError> {
+    let j = qemu::wait_job(q, name, &p.backup_job(), qemu::Until::Concluded, COPY_TIMEOUT).await?;
+    qemu::dismiss(q, name, &p.backup_job()).await?;
+    Ok(j.total)
 }
 
 fn backup_args(p: &PairRecord, bitmap: &str) -> serde_json::Value {

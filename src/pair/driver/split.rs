@@ -194,10 +194,7 @@ pub async fn split(ctx: &Ctx, vm: &VmRt, drives: &[String], freeze: Option<bool>
             r.last_freeze_ms = freeze_ms;
             r.op = None;
         });
-        if let Err(e) = saved
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
-            .and_then(|_| ctx.apply(&p.vm, &p.drive, &Input::SplitDone).map(|_| ()))
-        {
+        if let Err(e) = saved.map_err(ApiError::internal).and_then(|_| ctx.apply(&p.vm, &p.drive, &Input::SplitDone).map(|_| ())) {
             first_err.get_or_insert(e);
         }
     }
@@ -264,7 +261,7 @@ async fn pause_window(ctx: &Ctx, q: &Qmp, vm: &VmRt, pairs: &[PairRecord]) -> Re
             set.spawn(async move { qemu::exec(&q, &name, "block-job-cancel", json!({"device": job})).await });
         }
         while let Some(r) = set.join_next().await {
-            r.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??;
+            r.map_err(ApiError::internal)??;
         }
         for p in pairs {
             qemu::wait_job(q, &vm.name, &p.mirror_job(), qemu::Until::Concluded, Duration::from_secs(30)).await?;
